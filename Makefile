@@ -1,0 +1,38 @@
+# aegis — two commands do everything on a fresh clone: `make demo` and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+AEGIS  := $(VENV)/bin/aegis
+STAMP  := $(VENV)/.installed
+MODELS := models
+RUNS   := runs
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[keras,onnx,dev]'
+	@touch $(STAMP)
+
+# Train (or reuse) the reference MNIST model, then run the seed's scenario: targeted PGD toward
+# class 5, step 0.01, 100 iterations, 90% required; then an untargeted PGD.
+demo: $(STAMP)
+	$(AEGIS) train --dataset mnist --out $(MODELS)
+	$(AEGIS) attack $(MODELS)/mnist_cnn.safetensors mnist --attack pgd --norm linf --eps 0.3 \
+		--step-size 0.01 --steps 100 --target 5 --success-threshold 0.9 --out $(RUNS)/demo-targeted
+	$(AEGIS) attack $(MODELS)/mnist_cnn.safetensors mnist --attack pgd --norm linf --eps 0.3 \
+		--step-size 0.01 --steps 100 --success-threshold 0.9 --out $(RUNS)/demo-untargeted
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/bench_pgd.py
+
+clean:
+	rm -rf $(VENV) $(RUNS) .mypy_cache .ruff_cache .pytest_cache

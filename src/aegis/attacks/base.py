@@ -1,0 +1,126 @@
+"""The Attack contract and the shared losses.
+
+``attack(model, x, y, threat, *, targets=None, generator=None) -> x_adv``. Passing ``targets``
+makes the attack targeted. The base validates the call once, short-cuts ``eps = 0``, and projects
+every output through the ThreatModel, so no attack can exceed its budget or leave the box. Success
+is never reported by an attack: the engine predicts again on what is returned.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from aegis.errors import CapabilityError, ConfigError, DataError
+from aegis.model import Classifier, LossFn
+from aegis.threat import ThreatModel
+
+
+def check_batch(model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None) -> None:
+    """Validate an attack call: shapes, finiteness, the box, label and target ranges."""
+    model.check_input(x)
+    if not torch.is_floating_point(x):
+        raise DataError(f"x must be a floating-point tensor, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise DataError("x contains NaN or inf; clean the data before attacking")
+    lo, hi = model.bounds
+    if x.numel() and (x.min() < lo - 1e-6 or x.max() > hi + 1e-6):
+        raise DataError(
+            f"x has values in [{x.min().item():.4g}, {x.max().item():.4g}] outside the model's "
+            f"bounds [{lo}, {hi}]; rescale the data or declare --bounds"
+        )
+    for name, labels in (("y", y), ("targets", targets)):
+        if labels is None:
+            continue
+        if labels.shape != (x.shape[0],):
+            raise DataError(f"{name} must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= model.num_classes):
+            raise DataError(
+                f"{name} must lie in [0, {model.num_classes - 1}], got values in "
+                f"[{labels.min().item()}, {labels.max().item()}]"
+            )
+
+
+def ce_loss(y: Tensor, targets: Tensor | None) -> LossFn:
+    """Cross-entropy to maximize: away from ``y``, or (targeted) toward ``targets``."""
+    if targets is None:
+        return lambda logits: F.cross_entropy(logits, y, reduction="none")
+    return lambda logits: -F.cross_entropy(logits, targets, reduction="none")
+
+
+def is_adversarial(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
+    pred = logits.argmax(1)
+    return pred == targets if targets is not None else pred != y
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack(ABC):
+    """Base of every attack: frozen, keyword-only hyper-parameters, no model, no global state."""
+
+    registry_name: ClassVar[str] = ""
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
+    needs_gradients: ClassVar[bool] = True
+
+    def __call__(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        *,
+        targets: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        if threat.norm not in self.norms:
+            raise ConfigError(
+                f"{self.registry_name or type(self).__name__} supports norms "
+                f"{', '.join(self.norms)}, not {threat.norm!r}"
+            )
+        if self.needs_gradients and not model.differentiable:
+            raise CapabilityError(
+                f"{self.registry_name} needs gradients but {model.name} is query-only; "
+                "use a black-box attack"
+            )
+        if threat.targeted and targets is None:
+            raise ConfigError("the threat model is targeted but no targets were given")
+        check_batch(model, x, y, targets)
+        x = x.detach()
+        if threat.eps == 0 or x.shape[0] == 0:
+            return x.clone()
+        x_adv = self.run(
+            model,
+            x,
+            y.to(x.device),
+            threat,
+            targets=None if targets is None else targets.to(x.device),
+            generator=generator,
+        )
+        x_adv = torch.where(torch.isfinite(x_adv), x_adv, x)
+        return threat.project(x_adv.detach(), x, model.bounds)
+
+    @abstractmethod
+    def run(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        *,
+        targets: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """The algorithm itself, on a validated batch; the base projects what it returns."""
+
+    def to_dict(self) -> dict[str, object]:
+        from dataclasses import asdict
+
+        out: dict[str, object] = {"name": self.registry_name}
+        for k, v in asdict(self).items():
+            out[k] = None if isinstance(v, float) and math.isinf(v) else v
+        return out

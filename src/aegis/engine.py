@@ -1,0 +1,203 @@
+"""The one loop over data: batches → attack → re-prediction → per-sample records.
+
+By default only points that are correctly classified (and, for targeted attacks, whose true label
+is not the target) are attacked. Success is decided here, by predicting again on what the attack
+returned; the budget and box of every returned input are audited before a record is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aegis.attacks.base import Attack
+from aegis.errors import AegisError, ConfigError, DataError
+from aegis.model import Classifier
+from aegis.records import Records
+from aegis.threat import ThreatModel, norms
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate`` returns: the records, the adversarial inputs and how they were made."""
+
+    records: Records
+    x_adv: np.ndarray
+    config: dict[str, Any]
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve_targets(
+    targets: int | np.ndarray | Tensor | None, n: int, num_classes: int
+) -> np.ndarray | None:
+    """One target for all inputs, one per input, or None (untargeted)."""
+    if targets is None:
+        return None
+    arr = np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets)
+    if arr.ndim == 0:
+        arr = np.full(n, int(arr), dtype=np.int64)
+    if arr.shape != (n,):
+        raise DataError(f"targets must be one class or one per input ({n}), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"targets must be integer classes, got dtype {arr.dtype}")
+    if n and (arr.min() < 0 or arr.max() >= num_classes):
+        raise ConfigError(
+            f"target class must be in [0, {num_classes - 1}] for this {num_classes}-class model, "
+            f"got {int(arr.max()) if arr.max() >= num_classes else int(arr.min())}"
+        )
+    return arr.astype(np.int64)
+
+
+def batch_seed(seed: int, start: int) -> int:
+    """A per-batch seed that depends only on the run seed and the batch's first index."""
+    return int(np.random.SeedSequence([seed, start]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def evaluate(
+    model: Classifier,
+    x: np.ndarray | Tensor,
+    y: np.ndarray | Tensor,
+    attack: Attack,
+    threat: ThreatModel,
+    *,
+    targets: int | np.ndarray | Tensor | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    attack_misclassified: bool = False,
+    progress: ProgressFn | None = None,
+) -> Evaluation:
+    """Attack ``x`` in batches and record, per sample, predictions, success, norms and calls.
+
+    Args:
+        targets: None (untargeted), one class for every input, or one class per input.
+        attack_misclassified: also attack points the model already gets wrong.
+        progress: called with the number of samples finished after every batch.
+    """
+    xt = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+    yt = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
+    n = xt.shape[0]
+    if yt.shape != (n,):
+        raise DataError(f"labels must have one entry per input ({n}), got shape {tuple(yt.shape)}")
+    if n and (yt.min() < 0 or yt.max() >= model.num_classes):
+        raise DataError(
+            f"labels must lie in [0, {model.num_classes - 1}] for this {model.num_classes}-class "
+            f"model, got a label {int(yt.max()) if yt.max() >= 0 else int(yt.min())}; "
+            "check --labels and --num-classes"
+        )
+    if not torch.is_floating_point(xt):
+        raise DataError(f"inputs must be floating point in the model's bounds, got {xt.dtype}")
+    model.check_input(xt[:1] if n else xt.new_zeros((1, *model.input_shape)))
+    tgt = resolve_targets(targets, n, model.num_classes)
+    if (tgt is not None) != threat.targeted:
+        threat = ThreatModel(threat.norm, threat.eps, targeted=tgt is not None)
+    bs = batch_size or model.batch_size
+    if bs < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {bs}")
+
+    parts: list[Records] = []
+    advs: list[np.ndarray] = []
+    start_all = time.perf_counter()
+    for start in range(0, n, bs):
+        t0 = time.perf_counter()
+        xb = xt[start : start + bs].to(model.device, torch.float32)
+        yb = yt[start : start + bs].to(model.device)
+        tb = None if tgt is None else torch.from_numpy(tgt[start : start + bs]).to(model.device)
+        rec, xb_adv = _run_batch(
+            model, xb, yb, tb, attack, threat, seed, start, attack_misclassified
+        )
+        rec.index = np.arange(start, start + xb.shape[0])
+        rec.seconds = np.full(xb.shape[0], (time.perf_counter() - t0) / xb.shape[0])
+        parts.append(rec)
+        advs.append(xb_adv.cpu().numpy())
+        if progress is not None:
+            progress(min(start + bs, n))
+    records = Records.concat(parts)
+    x_adv = np.concatenate(advs) if advs else np.zeros((0, *model.input_shape), np.float32)
+    config = {
+        "attack": attack.to_dict(),
+        "threat": threat.to_dict(),
+        "targets": None
+        if tgt is None
+        else (int(tgt[0]) if n and (tgt == tgt[0]).all() else "per-input"),
+        "batch_size": bs,
+        "seed": seed,
+        "attack_misclassified": attack_misclassified,
+    }
+    return Evaluation(records, x_adv, config, time.perf_counter() - start_all)
+
+
+def _run_batch(
+    model: Classifier,
+    x: Tensor,
+    y: Tensor,
+    targets: Tensor | None,
+    attack: Attack,
+    threat: ThreatModel,
+    seed: int,
+    start: int,
+    attack_misclassified: bool,
+) -> tuple[Records, Tensor]:
+    m = x.shape[0]
+    with model.counting(m) as counter:
+        clean_pred = model.logits(x).argmax(1)
+    forward = counter.forward.copy()
+    gradient = counter.gradient.copy()
+    eligible = torch.ones(m, dtype=torch.bool, device=x.device) if targets is None else y != targets
+    mask = eligible if attack_misclassified else eligible & (clean_pred == y)
+    x_adv = x.clone()
+    adv_pred = clean_pred.clone()
+    idx = mask.nonzero().squeeze(1)
+    if idx.numel():
+        generator = torch.Generator(device=x.device).manual_seed(batch_seed(seed, start))
+        sub_t = None if targets is None else targets[idx]
+        with model.counting(idx.numel()) as sub:
+            out = attack(model, x[idx], y[idx], threat, targets=sub_t, generator=generator)
+            adv_pred[idx] = model.logits(out).argmax(1)
+        _audit(out, x[idx], threat, model.bounds, attack)
+        x_adv[idx] = out
+        rows = idx.cpu().numpy()
+        forward[rows] += sub.forward
+        gradient[rows] += sub.gradient
+    delta = x_adv - x
+    success = mask & ((adv_pred == targets) if targets is not None else (adv_pred != y))
+    rec = Records(
+        index=np.zeros(m, np.int64),
+        y=y.cpu().numpy(),
+        target=(targets.cpu().numpy() if targets is not None else np.full(m, -1, np.int64)),
+        clean_pred=clean_pred.cpu().numpy(),
+        adv_pred=adv_pred.cpu().numpy(),
+        eligible=eligible.cpu().numpy(),
+        attacked=mask.cpu().numpy(),
+        success=success.cpu().numpy(),
+        l0=norms(delta, "l0").cpu().double().numpy(),
+        l1=norms(delta, "l1").cpu().double().numpy(),
+        l2=norms(delta, "l2").cpu().double().numpy(),
+        linf=norms(delta, "linf").cpu().double().numpy(),
+        forward_calls=forward,
+        gradient_calls=gradient,
+        seconds=np.zeros(m),
+    )
+    return rec, x_adv
+
+
+def _audit(
+    x_adv: Tensor, x: Tensor, threat: ThreatModel, bounds: tuple[float, float], attack: Attack
+) -> None:
+    """The final check AutoAttack recommends: no NaN, budget and box respected."""
+    if not torch.isfinite(x_adv).all() or not threat.within(x_adv, x, bounds).all():
+        raise AegisError(
+            f"internal error: {attack.registry_name} returned inputs outside the {threat.norm} "
+            f"ball of radius {threat.eps} or the box {bounds}; please report this bug"
+        )

@@ -1,0 +1,1 @@
+"""Loaders: model files, datasets and run directories."""

@@ -1,0 +1,135 @@
+"""Metrics: pure functions over Records. Nothing else in aegis computes a metric."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aegis.records import NORM_FIELDS, Records
+
+
+def _share(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def clean_accuracy(rec: Records) -> float | None:
+    return _share(int((rec.clean_pred == rec.y).sum()), len(rec))
+
+
+def adversarial_accuracy(rec: Records) -> float | None:
+    """Accuracy on what the attack returned (unattacked points keep their clean prediction)."""
+    return _share(int((rec.adv_pred == rec.y).sum()), len(rec))
+
+
+def success_rate(rec: Records) -> dict[str, Any]:
+    """Attack success rate over the attacked points, with the counts that define it.
+
+    Untargeted: the share of attacked (correctly classified) inputs whose prediction the attack
+    flips. Targeted: the share of attacked eligible inputs that reach their target; inputs whose
+    true label is the target are excluded and counted in ``excluded_target``.
+    """
+    correct = rec.clean_pred == rec.y
+    attacked = int(rec.attacked.sum())
+    return {
+        "rate": _share(int(rec.success.sum()), attacked),
+        "successes": int(rec.success.sum()),
+        "attacked": attacked,
+        "total": len(rec),
+        "clean_correct": int(correct.sum()),
+        "excluded_target": int((~rec.eligible).sum()),
+        "skipped_misclassified": int((rec.eligible & ~correct & ~rec.attacked).sum()),
+    }
+
+
+def confusion_matrix(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    return cm
+
+
+def precision_recall_f1(y: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Per-class and macro precision, recall and F1 (a class never predicted has precision 0)."""
+    cm = confusion_matrix(y, pred, num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(0).astype(np.float64)
+    actual = cm.sum(1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = actual > 0  # macro averages over the classes present in the data
+    return {
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": actual.astype(np.int64).tolist(),
+        "macro_precision": float(precision[present].mean()) if present.any() else None,
+        "macro_recall": float(recall[present].mean()) if present.any() else None,
+        "macro_f1": float(f1[present].mean()) if present.any() else None,
+    }
+
+
+def norm_stats(rec: Records) -> dict[str, dict[str, float | None]]:
+    """Mean / median / max of each perturbation norm over the successful adversarial examples."""
+    out: dict[str, dict[str, float | None]] = {}
+    ok = rec.success
+    for name in NORM_FIELDS:
+        values = getattr(rec, name)[ok]
+        out[name] = {
+            "mean": float(values.mean()) if values.size else None,
+            "median": float(np.median(values)) if values.size else None,
+            "max": float(values.max()) if values.size else None,
+        }
+    return out
+
+
+def call_stats(rec: Records) -> dict[str, float | int | None]:
+    att = rec.attacked
+    return {
+        "forward_total": int(rec.forward_calls.sum()),
+        "gradient_total": int(rec.gradient_calls.sum()),
+        "gradient_mean_per_attacked": float(rec.gradient_calls[att].mean()) if att.any() else None,
+        "forward_mean_per_attacked": float(rec.forward_calls[att].mean()) if att.any() else None,
+        "seconds": float(rec.seconds.sum()),
+    }
+
+
+def verdict(rec: Records, threshold: float | None) -> dict[str, Any]:
+    """Does the attack reach the required success rate? Never a robustness certificate."""
+    sr = success_rate(rec)
+    rate = sr["rate"]
+    goal = "reach their target class" if rec.targeted else "be misclassified"
+    if rate is None:
+        text = "no input was eligible for the attack: nothing to judge"
+        return {"reached": None, "threshold": threshold, "rate": None, "text": text}
+    share = f"{rate:.1%} of {sr['attacked']} attacked inputs were made to {goal}"
+    if threshold is None:
+        reached = None
+        text = f"{share} (no --success-threshold given)"
+    else:
+        reached = rate >= threshold
+        word = "SUCCEEDS" if reached else "FAILS"
+        text = f"attack {word}: {share}; required {threshold:.1%}"
+    if not rec.targeted:
+        acc = adversarial_accuracy(rec)
+        text += (
+            f"; accuracy under attack {acc:.1%} is an upper bound on robust accuracy, "
+            "not a guarantee (a stronger attack can only lower it)"
+        )
+    return {"reached": reached, "threshold": threshold, "rate": rate, "text": text}
+
+
+def summarize(rec: Records, num_classes: int, threshold: float | None = None) -> dict[str, Any]:
+    """Every metric of an evaluation, as stored in ``results.json``."""
+    return {
+        "n": len(rec),
+        "clean_accuracy": clean_accuracy(rec),
+        "adversarial_accuracy": adversarial_accuracy(rec),
+        "success": success_rate(rec),
+        "clean": precision_recall_f1(rec.y, rec.clean_pred, num_classes),
+        "adversarial": precision_recall_f1(rec.y, rec.adv_pred, num_classes),
+        "norms": norm_stats(rec),
+        "calls": call_stats(rec),
+        "verdict": verdict(rec, threshold),
+    }

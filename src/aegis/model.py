@@ -1,0 +1,308 @@
+"""The Classifier: everything that is about *the model*.
+
+Attacks always see NCHW tensors in pixel space inside ``bounds``. The Classifier permutes to the
+model's own layout, applies normalization, checks the output width, counts forward and gradient
+calls per sample, and computes input gradients with ``torch.autograd.grad`` only (model parameters
+never receive ``.grad``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aegis.errors import AegisWarning, CapabilityError, ConfigError, DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[Tensor], Tensor]
+"""Maps logits of shape (n, k) to a per-sample loss of shape (n,) that the attack *maximizes*."""
+
+LAYOUTS = ("NCHW", "NHWC", "flat")
+"""The layout the wrapped callable expects; ``flat`` is (n, H*W*C) flattened in HWC order."""
+
+
+@dataclass
+class QueryCounter:
+    """Per-sample forward and gradient calls for the batch the engine is working on."""
+
+    n: int
+    forward: np.ndarray = field(init=False)
+    gradient: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.forward = np.zeros(self.n, dtype=np.int64)
+        self.gradient = np.zeros(self.n, dtype=np.int64)
+
+    def add(self, kind: str, rows: Tensor | None, batch: int) -> None:
+        target = self.forward if kind == "forward" else self.gradient
+        if rows is None:
+            # All rows; a call on a subset without row ids is counted against every sample
+            # (an over-count, never an under-count).
+            target += 1
+        else:
+            np.add.at(target, rows.detach().cpu().numpy(), 1)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Metadata that travels with a model (from flags, a ``model.json`` sidecar, or inference)."""
+
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W), the shape attacks see
+    bounds: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    layout: str = "NCHW"  # the layout the wrapped callable expects
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "bounds": list(self.bounds),
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+            "layout": self.layout,
+        }
+
+
+def validate_info(info: ModelInfo) -> None:
+    lo, hi = info.bounds
+    if not lo < hi:
+        raise ConfigError(f"bounds must satisfy low < high, got {info.bounds}")
+    if info.num_classes < 2:
+        raise ConfigError(f"num_classes must be >= 2, got {info.num_classes}")
+    if info.layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {LAYOUTS}, got {info.layout!r}")
+    if len(info.input_shape) != 3 or min(info.input_shape) < 1:
+        raise ConfigError(f"input_shape must be (C, H, W), got {info.input_shape}")
+    channels = info.input_shape[0]
+    for name, value in (("mean", info.mean), ("std", info.std)):
+        if value is not None and len(value) not in (1, channels):
+            raise ConfigError(
+                f"{name} needs 1 or {channels} values (one per channel), got {len(value)}"
+            )
+    if info.std is not None and min(info.std) <= 0:
+        raise ConfigError(f"std must be > 0, got {info.std}")
+
+
+class Classifier:
+    """A classifier seen by attacks: NCHW pixel-space input in ``bounds`` → logits ``(n, k)``.
+
+    Args:
+        module: a torch callable taking the model's own input (layout, normalization) and
+            returning logits; ``None`` for a query-only model, which then needs ``query_fn``.
+        info: the model's metadata.
+        query_fn: for query-only models, a numpy function from model input to scores.
+        device: where inputs are moved before the call; default: the module's parameters'
+            device, or CPU for a parameter-free module.
+        batch_size: the largest batch sent to the model at once by ``predict``.
+        name: shown in results.
+        source: where the model came from (a path), for the results.
+        provenance: how each metadata field was decided (flag, sidecar, inferred, default).
+        freeze: put the module in eval mode and stop parameter gradients (the default). Trainers
+            that attack the model they are training pass ``False`` and manage modes themselves.
+    """
+
+    def __init__(
+        self,
+        module: Callable[[Tensor], Tensor] | None,
+        info: ModelInfo,
+        *,
+        query_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        device: torch.device | str | None = None,
+        batch_size: int = 256,
+        name: str = "model",
+        source: str | None = None,
+        provenance: dict[str, str] | None = None,
+        freeze: bool = True,
+    ) -> None:
+        validate_info(info)
+        if module is None and query_fn is None:
+            raise ConfigError("a Classifier needs a torch module or a query function")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.module = module
+        self.info = info
+        self.query_fn = query_fn
+        self.batch_size = batch_size
+        self.name = name
+        self.source = source
+        self.provenance = dict(provenance or {})
+        self.device = torch.device(device) if device is not None else _module_device(module)
+        self.counter: QueryCounter | None = None
+        self.total_forward = 0
+        self.total_gradient = 0
+        if freeze and isinstance(module, torch.nn.Module):
+            if module.training and _mode_sensitive(module):
+                warnings.warn(
+                    f"{name} was in training mode; aegis puts it in eval mode "
+                    "(BatchNorm/dropout in training mode silently weaken attacks)",
+                    AegisWarning,
+                    stacklevel=2,
+                )
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+        c = info.input_shape[0]
+        self._mean = None if info.mean is None else _channel_tensor(info.mean, c, self.device)
+        self._std = None if info.std is None else _channel_tensor(info.std, c, self.device)
+
+    # -- metadata -------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.info.bounds
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.info.input_shape
+
+    @property
+    def differentiable(self) -> bool:
+        return self.module is not None
+
+    # -- counting -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def counting(self, n: int) -> Iterator[QueryCounter]:
+        """Count calls per sample for a batch of ``n`` samples (rows passed by attacks)."""
+        previous = self.counter
+        self.counter = QueryCounter(n)
+        try:
+            yield self.counter
+        finally:
+            self.counter = previous
+
+    def _count(self, kind: str, rows: Tensor | None, batch: int) -> None:
+        if kind == "forward":
+            self.total_forward += batch
+        else:
+            self.total_gradient += batch
+        if self.counter is not None:
+            self.counter.add(kind, rows, batch)
+
+    # -- calls ----------------------------------------------------------------------------
+    def check_input(self, x: Tensor) -> None:
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise DataError(
+                f"model expects inputs of shape (n, {', '.join(map(str, self.input_shape))}) "
+                f"(NCHW), got {tuple(x.shape)}; check the data layout and channel count"
+            )
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if self.module is None:
+            raise CapabilityError(f"{self.name} is query-only")
+        z = x.to(self.device)
+        if self._mean is not None:
+            z = z - self._mean
+        if self._std is not None:
+            z = z / self._std
+        if self.info.layout == "NHWC":
+            z = z.permute(0, 2, 3, 1)
+        elif self.info.layout == "flat":
+            z = z.permute(0, 2, 3, 1).reshape(z.shape[0], -1)
+        out = self.module(z)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if not isinstance(out, Tensor):
+            raise ModelError(f"model returned {type(out).__name__}, expected a tensor of logits")
+        if out.ndim != 2 or out.shape[1] != self.num_classes or out.shape[0] != x.shape[0]:
+            raise ModelError(
+                f"model output has shape {tuple(out.shape)} but {self.num_classes} classes were "
+                f"declared for a batch of {x.shape[0]}; pass the right --num-classes"
+            )
+        return out.to(x.device)
+
+    def _query(self, x: Tensor) -> Tensor:
+        if self.query_fn is None:
+            raise CapabilityError(f"{self.name} has no query function")
+        arr = x.detach().cpu().numpy().astype(np.float32)
+        if self.info.mean is not None:
+            arr = arr - np.asarray(self.info.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        if self.info.std is not None:
+            arr = arr / np.asarray(self.info.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        if self.info.layout in ("NHWC", "flat"):
+            arr = arr.transpose(0, 2, 3, 1)
+        if self.info.layout == "flat":
+            arr = arr.reshape(arr.shape[0], -1)
+        out = np.asarray(self.query_fn(np.ascontiguousarray(arr)))
+        if out.ndim != 2 or out.shape[1] != self.num_classes or out.shape[0] != x.shape[0]:
+            raise ModelError(
+                f"model output has shape {out.shape} but {self.num_classes} classes were "
+                f"declared for a batch of {x.shape[0]}; pass the right --num-classes"
+            )
+        return torch.from_numpy(out.astype(np.float32)).to(x.device)
+
+    def logits(self, x: Tensor, *, rows: Tensor | None = None) -> Tensor:
+        """Logits of a batch, without gradients, counted as one forward call per sample."""
+        self.check_input(x)
+        self._count("forward", rows, x.shape[0])
+        with torch.no_grad():
+            return self._forward(x) if self.module is not None else self._query(x)
+
+    __call__ = logits
+
+    def value_and_grad(
+        self, x: Tensor, loss_fn: LossFn, *, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits, per-sample loss and the gradient of ``loss.sum()`` w.r.t. ``x`` only."""
+        if self.module is None:
+            raise CapabilityError(
+                f"{self.name} is query-only (no gradients); use a black-box attack"
+            )
+        self.check_input(x)
+        self._count("gradient", rows, x.shape[0])
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = self._forward(xg)
+            loss = loss_fn(out)
+            (grad,) = torch.autograd.grad(loss.sum(), xg)
+        return out.detach(), loss.detach(), grad.detach()
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Predicted labels, in chunks of ``batch_size``."""
+        parts = [
+            self.logits(x[i : i + self.batch_size]).argmax(1)
+            for i in range(0, x.shape[0], self.batch_size)
+        ]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "differentiable": self.differentiable,
+            "device": str(self.device),
+            **self.info.to_dict(),
+            "provenance": self.provenance,
+        }
+
+
+def _mode_sensitive(module: torch.nn.Module) -> bool:
+    """Whether train and eval mode differ: BatchNorm-like or dropout layers."""
+    kinds = (torch.nn.modules.batchnorm._NormBase, torch.nn.modules.dropout._DropoutNd)
+    return any(isinstance(m, kinds) for m in module.modules())
+
+
+def _module_device(module: object) -> torch.device:
+    if isinstance(module, torch.nn.Module):
+        for tensor in [*module.parameters(), *module.buffers()]:
+            return tensor.device
+    return torch.device("cpu")
+
+
+def _channel_tensor(values: Sequence[float], channels: int, device: torch.device) -> Tensor:
+    t = torch.tensor(list(values), dtype=torch.float32, device=device)
+    if t.numel() == 1:
+        t = t.repeat(channels)
+    return t.view(1, channels, 1, 1)

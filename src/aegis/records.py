@@ -1,0 +1,84 @@
+"""Per-sample records: the single source every metric, table, plot and verdict is computed from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+NORM_FIELDS = ("l0", "l1", "l2", "linf")
+
+
+@dataclass
+class Records:
+    """One row per evaluated sample (arrays of equal length).
+
+    ``target`` is −1 for untargeted attacks. ``eligible`` is False for targeted points whose true
+    label already is the target (they are excluded from the targeted success rate). ``attacked``
+    marks the points the attack ran on (by default the eligible, correctly classified ones);
+    for the others ``adv_pred`` equals ``clean_pred`` and the norms are 0. ``success`` is decided
+    by predicting again on the returned input: untargeted ``adv_pred != y``, targeted
+    ``adv_pred == target``, and only for attacked points.
+    """
+
+    index: np.ndarray
+    y: np.ndarray
+    target: np.ndarray
+    clean_pred: np.ndarray
+    adv_pred: np.ndarray
+    eligible: np.ndarray
+    attacked: np.ndarray
+    success: np.ndarray
+    l0: np.ndarray
+    l1: np.ndarray
+    l2: np.ndarray
+    linf: np.ndarray
+    forward_calls: np.ndarray
+    gradient_calls: np.ndarray
+    seconds: np.ndarray  # the sample's share of its batch's wall time
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def targeted(self) -> bool:
+        return bool(len(self) and (self.target >= 0).any())
+
+    @classmethod
+    def empty(cls) -> Records:
+        return cls.concat([])
+
+    @classmethod
+    def concat(cls, parts: list[Records]) -> Records:
+        out: dict[str, np.ndarray] = {}
+        for f in fields(cls):
+            arrays = [getattr(p, f.name) for p in parts]
+            out[f.name] = np.concatenate(arrays) if arrays else np.zeros(0, dtype=_DTYPES[f.name])
+        return cls(**out)
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[Any]]) -> Records:
+        return cls(**{f.name: np.asarray(data[f.name], dtype=_DTYPES[f.name]) for f in fields(cls)})
+
+
+_DTYPES: dict[str, type] = {
+    "index": np.int64,
+    "y": np.int64,
+    "target": np.int64,
+    "clean_pred": np.int64,
+    "adv_pred": np.int64,
+    "eligible": np.bool_,
+    "attacked": np.bool_,
+    "success": np.bool_,
+    "l0": np.float64,
+    "l1": np.float64,
+    "l2": np.float64,
+    "linf": np.float64,
+    "forward_calls": np.int64,
+    "gradient_calls": np.int64,
+    "seconds": np.float64,
+}

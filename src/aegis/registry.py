@@ -1,0 +1,93 @@
+"""Names → attacks. The registry's names are the vocabulary of the CLI and configs."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aegis.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aegis.attacks.base import Attack
+
+A = TypeVar("A", bound="type[Attack]")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    cls: type[Attack]
+    norms: tuple[str, ...]
+    targeted: bool
+    needs_gradients: bool
+    paper: str
+    summary: str
+
+    def parameters(self) -> list[str]:
+        return [f.name for f in fields(self.cls)]
+
+
+_ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register(
+    name: str,
+    *,
+    norms: tuple[str, ...],
+    paper: str,
+    targeted: bool = True,
+    needs_gradients: bool = True,
+) -> Callable[[A], A]:
+    """Class decorator: register an Attack under a lowercase kebab-case ``name``."""
+    if name != name.lower() or " " in name or "_" in name:
+        raise ConfigError(f"attack names are lowercase kebab-case, got {name!r}")
+
+    def deco(cls: A) -> A:
+        if name in _ATTACKS and _ATTACKS[name].cls is not cls:
+            raise ConfigError(f"attack {name!r} is registered twice")
+        doc = (cls.__doc__ or "").strip().splitlines()
+        _ATTACKS[name] = AttackSpec(
+            name, cls, norms, targeted, needs_gradients, paper, doc[0] if doc else ""
+        )
+        cls.registry_name = name
+        return cls
+
+    return deco
+
+
+def _load_builtins() -> None:
+    import aegis.attacks  # noqa: F401  (registers the built-in attacks)
+
+
+def list_attacks(pattern: str = "*") -> list[AttackSpec]:
+    """Registered attacks whose name matches a shell-style ``pattern``, sorted by name."""
+    _load_builtins()
+    return [s for n, s in sorted(_ATTACKS.items()) if fnmatch.fnmatch(n, pattern)]
+
+
+def get_spec(name: str) -> AttackSpec:
+    _load_builtins()
+    if name not in _ATTACKS:
+        close = difflib.get_close_matches(name, list(_ATTACKS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"unknown attack {name!r}; {hint}`aegis attacks` lists the {len(_ATTACKS)} available"
+        )
+    return _ATTACKS[name]
+
+
+def create(name: str, **params: Any) -> Attack:
+    """Build the attack registered as ``name``; ``None`` values keep the defaults."""
+    spec = get_spec(name)
+    allowed = set(spec.parameters())
+    given = {k: v for k, v in params.items() if v is not None}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"attack {name!r} has no parameter {', '.join(unknown)}; "
+            f"its parameters are {', '.join(sorted(allowed))}"
+        )
+    return spec.cls(**given)

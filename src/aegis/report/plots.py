@@ -1,0 +1,90 @@
+"""The PNG grid of originals / perturbations / adversarial examples with their labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def save_grid(
+    path: Path,
+    x: np.ndarray,
+    x_adv: np.ndarray,
+    y: np.ndarray,
+    clean_pred: np.ndarray,
+    adv_pred: np.ndarray,
+    *,
+    columns: int = 8,
+    title: str = "",
+) -> Path:
+    """Three rows per example: original, perturbation (amplified around grey), adversarial.
+
+    ``x`` and ``x_adv`` are NCHW in [0, 1]. The perturbation is scaled so its largest magnitude
+    fills the colour range; the factor is printed on the row label.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = min(columns, x.shape[0])
+    fig, axes = plt.subplots(3, max(k, 1), figsize=(1.6 * max(k, 1), 5.4), squeeze=False)
+    delta = x_adv[:k] - x[:k]
+    peak = float(np.abs(delta).max()) if delta.size else 0.0
+    gain = 0.5 / peak if peak > 0 else 1.0
+    for j in range(max(k, 1)):
+        for i in range(3):
+            axes[i][j].axis("off")
+        if j >= k:
+            continue
+        images = (x[j], 0.5 + gain * delta[j], x_adv[j])
+        for i, img in enumerate(images):
+            ax = axes[i][j]
+            arr = np.clip(np.transpose(img, (1, 2, 0)), 0, 1)
+            if arr.shape[2] == 1:
+                ax.imshow(arr[:, :, 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(arr)
+        axes[0][j].set_title(f"y={y[j]} pred={clean_pred[j]}", fontsize=7)
+        color = "red" if adv_pred[j] != y[j] else "green"
+        axes[2][j].set_title(f"adv pred={adv_pred[j]}", fontsize=7, color=color)
+    axes[0][0].text(
+        -0.3,
+        0.5,
+        "original",
+        transform=axes[0][0].transAxes,
+        rotation=90,
+        va="center",
+        ha="right",
+        fontsize=8,
+    )
+    axes[1][0].text(
+        -0.3,
+        0.5,
+        f"perturbation ×{gain:.1f}",
+        transform=axes[1][0].transAxes,
+        rotation=90,
+        va="center",
+        ha="right",
+        fontsize=8,
+    )
+    axes[2][0].text(
+        -0.3,
+        0.5,
+        "adversarial",
+        transform=axes[2][0].transAxes,
+        rotation=90,
+        va="center",
+        ha="right",
+        fontsize=8,
+    )
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,86 @@
+"""Tiny models trained in under a second on synthetic data, plus a parameter-free one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from aegis.model import Classifier, ModelInfo
+
+SHAPE = (1, 8, 8)
+CLASSES = 3
+
+
+def synthetic(n: int = 240, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three classes of 8×8 images: a bright top, a bright left half, a bright centre."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % CLASSES
+    protos = torch.zeros(CLASSES, *SHAPE)
+    protos[0, :, :3, :] = 0.8
+    protos[1, :, :, :3] = 0.8
+    protos[2, :, 2:6, 2:6] = 0.8
+    x = (protos[y] + 0.15 * torch.randn(n, *SHAPE, generator=g)).clamp(0, 1)
+    return x, y
+
+
+class TinyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        h = nn.functional.max_pool2d(h, 2)
+        return self.fc(h.flatten(1))
+
+
+def train_tiny(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = TinyCNN()
+    x, y = synthetic(seed=seed)
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval()
+
+
+class ParameterFree(nn.Module):
+    """A fixed template-matching classifier with no parameters and no buffers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top = x[:, 0, :3, :].mean((1, 2))
+        left = x[:, 0, :, :3].mean((1, 2))
+        centre = x[:, 0, 2:6, 2:6].mean((1, 2))
+        return 10 * torch.stack([top, left, centre], 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_net() -> nn.Module:
+    return train_tiny()
+
+
+@pytest.fixture()
+def tiny(tiny_net: nn.Module) -> Classifier:
+    return Classifier(tiny_net, ModelInfo(num_classes=CLASSES, input_shape=SHAPE), name="tiny")
+
+
+@pytest.fixture()
+def param_free() -> Classifier:
+    return Classifier(
+        ParameterFree(), ModelInfo(num_classes=CLASSES, input_shape=SHAPE), name="param-free"
+    )
+
+
+@pytest.fixture(scope="session")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    return synthetic(60, seed=1)
+
+
+@pytest.fixture(scope="session")
+def data_np(data: tuple[torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    return data[0].numpy(), data[1].numpy()

@@ -1,0 +1,164 @@
+"""Registry-driven tests: every registered attack, every norm it supports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aegis.errors import CapabilityError, ConfigError, DataError
+from aegis.model import Classifier, ModelInfo
+from aegis.registry import create, get_spec, list_attacks
+from aegis.threat import ThreatModel
+
+EPS = {"linf": 0.3, "l2": 2.0, "l1": 8.0}
+CASES = [(s.name, norm) for s in list_attacks() for norm in s.norms]
+
+
+def fast(name: str) -> dict[str, int]:
+    return {"steps": 10} if "steps" in get_spec(name).parameters() else {}
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+@settings(max_examples=8, deadline=None)
+@given(eps_scale=st.floats(0.0, 1.5), seed=st.integers(0, 2**16))
+def test_budget_and_box_respected(tiny_net, data, name, norm, eps_scale, seed) -> None:
+    model = Classifier(tiny_net, ModelInfo(num_classes=3, input_shape=(1, 8, 8)))
+    x, y = data
+    threat = ThreatModel(norm, EPS[norm] * eps_scale)
+    x_adv = create(name, **fast(name))(
+        model, x, y, threat, generator=torch.Generator().manual_seed(seed)
+    )
+    assert x_adv.shape == x.shape
+    assert torch.isfinite(x_adv).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert threat.within(x_adv, x, model.bounds).all()
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_inputs_not_mutated_and_eps0_identity(tiny, data, name, norm) -> None:
+    x, y = data
+    x0, y0 = x.clone(), y.clone()
+    attack = create(name, **fast(name))
+    attack(tiny, x, y, ThreatModel(norm, EPS[norm]), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+    same = attack(tiny, x, y, ThreatModel(norm, 0.0))
+    assert torch.equal(same, x)
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_reproducible_with_seed(tiny, data, name, norm) -> None:
+    x, y = data
+    attack = create(name, **fast(name))
+    threat = ThreatModel(norm, EPS[norm])
+    a = attack(tiny, x, y, threat, generator=torch.Generator().manual_seed(7))
+    b = attack(tiny, x, y, threat, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("name", "norm"), [c for c in CASES if c[0] != "fgsm"])
+def test_targeted_reaches_target(tiny, data, name, norm) -> None:
+    x, y = data
+    target = 2
+    keep = y != target
+    x, y = x[keep], y[keep]
+    threat = ThreatModel(norm, {"linf": 0.6, "l2": 5.0, "l1": 25.0}[norm], targeted=True)
+    params = {"steps": 60} if "steps" in get_spec(name).parameters() else {}
+    if "sparsity" in get_spec(name).parameters() and norm == "l1":
+        params["sparsity"] = 0.9
+    x_adv = create(name, **params)(
+        tiny,
+        x,
+        y,
+        threat,
+        targets=torch.full_like(y, target),
+        generator=torch.Generator().manual_seed(0),
+    )
+    hit = (tiny.predict(x_adv) == target).float().mean().item()
+    assert hit >= 0.95, f"{name}/{norm} reached the target on only {hit:.0%}"
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_iterative_not_weaker_than_fgsm(tiny, data, norm) -> None:
+    x, y = data
+    threat = ThreatModel(norm, {"linf": 0.25, "l2": 1.5, "l1": 6.0}[norm])
+    fgsm_acc = (tiny.predict(create("fgsm")(tiny, x, y, threat)) == y).float().mean()
+    for name in ("bim", "pgd", "mifgsm"):
+        x_adv = create(name, steps=20)(
+            tiny, x, y, threat, generator=torch.Generator().manual_seed(0)
+        )
+        acc = (tiny.predict(x_adv) == y).float().mean()
+        assert acc <= fgsm_acc + 1e-9, f"{name}/{norm}: {acc:.2f} > fgsm {fgsm_acc:.2f}"
+
+
+def test_pgd_restarts_never_weaker(tiny, data) -> None:
+    x, y = data
+    threat = ThreatModel("linf", 0.2)
+    one = create("pgd", steps=5)(tiny, x, y, threat, generator=torch.Generator().manual_seed(0))
+    three = create("pgd", steps=5, restarts=3)(
+        tiny, x, y, threat, generator=torch.Generator().manual_seed(0)
+    )
+    assert (tiny.predict(three) != y).sum() >= (tiny.predict(one) != y).sum()
+
+
+def test_parameter_free_model(param_free, data) -> None:
+    x, y = data
+    x_adv = create("pgd", steps=20)(
+        param_free, x, y, ThreatModel("linf", 0.5), generator=torch.Generator().manual_seed(0)
+    )
+    assert (param_free.predict(x_adv) != y).float().mean() > 0.9
+
+
+def test_l1_steps_are_sparse(tiny, data) -> None:
+    x, y = data
+    x_adv = create("fgsm", sparsity=0.95)(tiny, x, y, ThreatModel("l1", 100.0))
+    changed = ((x_adv - x).abs().flatten(1) > 0).sum(1)
+    assert changed.max() <= round(0.05 * 64)
+
+
+def test_gradients_refused_on_query_only(data) -> None:
+    info = ModelInfo(num_classes=3, input_shape=(1, 8, 8))
+    model = Classifier(None, info, query_fn=lambda a: a.reshape(a.shape[0], -1)[:, :3])
+    x, y = data
+    with pytest.raises(CapabilityError, match="query-only"):
+        create("pgd")(model, x, y, ThreatModel("linf", 0.1))
+
+
+def test_bad_calls(tiny, data) -> None:
+    x, y = data
+    pgd = create("pgd")
+    with pytest.raises(DataError, match="NaN"):
+        pgd(tiny, x.clone().fill_(float("nan")), y, ThreatModel())
+    with pytest.raises(DataError, match="outside"):
+        pgd(tiny, x * 3, y, ThreatModel())
+    with pytest.raises(DataError, match="shape"):
+        pgd(tiny, x[:, :, :4], y, ThreatModel())
+    with pytest.raises(DataError, match=r"\[0, 2\]"):
+        pgd(tiny, x, y + 5, ThreatModel())
+    with pytest.raises(ConfigError, match="no targets"):
+        pgd(tiny, x, y, ThreatModel(targeted=True))
+    with pytest.raises(ConfigError, match="supports norms"):
+        pgd(tiny, x, y, ThreatModel("l0", 3))
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("pgd", {"steps": 0}, "steps must be >= 1"),
+        ("pgd", {"step_size": -1.0}, "step_size must be > 0"),
+        ("pgd", {"restarts": 0}, "restarts must be >= 1"),
+        ("mifgsm", {"decay": -0.5}, "decay must be >= 0"),
+        ("bim", {"sparsity": 1.0}, r"sparsity must be in \[0, 1\)"),
+        ("pgd", {"stepz": 3}, "has no parameter stepz"),
+        ("pgdd", {}, "did you mean 'pgd'"),
+    ],
+)
+def test_impossible_parameters(name, params, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create(name, **params)
+
+
+def test_negative_eps() -> None:
+    with pytest.raises(ConfigError, match="eps must be >= 0"):
+        ThreatModel("linf", -0.1)
