@@ -29,6 +29,7 @@ class BIM(Attack):
     steps: int = 10
     step_size: float | None = None  # default: eps / steps
     sparsity: float = 0.99
+    early_stop: bool = True  # freeze points once fooled: saves work, never changes a verdict
 
     def __post_init__(self) -> None:
         check_iterative(self.steps, self.step_size, 1, self.sparsity)
@@ -55,4 +56,5 @@ class BIM(Attack):
             step_size=step,
             random_start=False,
             sparsity=self.sparsity,
+            early_stop=self.early_stop,
         )

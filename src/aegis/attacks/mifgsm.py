@@ -31,6 +31,7 @@ class MIFGSM(Attack):
     step_size: float | None = None  # default: eps / steps
     decay: float = 1.0
     sparsity: float = 0.99
+    early_stop: bool = True  # freeze points once fooled: saves work, never changes a verdict
 
     def __post_init__(self) -> None:
         check_iterative(self.steps, self.step_size, 1, self.sparsity)
@@ -60,4 +61,5 @@ class MIFGSM(Attack):
             random_start=False,
             decay=self.decay,
             sparsity=self.sparsity,
+            early_stop=self.early_stop,
         )

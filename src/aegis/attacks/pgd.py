@@ -33,6 +33,7 @@ class PGD(Attack):
     random_start: bool = True
     restarts: int = 1
     sparsity: float = 0.99
+    early_stop: bool = True  # freeze points once fooled: saves work, never changes a verdict
 
     def __post_init__(self) -> None:
         check_iterative(self.steps, self.step_size, self.restarts, self.sparsity)
@@ -60,4 +61,5 @@ class PGD(Attack):
             random_start=self.random_start,
             restarts=self.restarts,
             sparsity=self.sparsity,
+            early_stop=self.early_stop,
         )

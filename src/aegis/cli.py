@@ -1,0 +1,460 @@
+"""The ``aegis`` command line: a thin Typer layer over the Python API, no logic of its own.
+
+Exit codes:
+  0  done (for ``attack --gate``: the attack stayed below the success threshold)
+  1  error: bad input, unloadable model, impossible parameter (one line on stderr)
+  2  usage error: unknown option or missing argument
+  3  ``attack --gate`` only: the attack reached --success-threshold (block the model in CI)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from aegis.errors import AegisError, ConfigError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="aegis",
+    help=(
+        "Attack, harden and measure the security of image classifiers.\n\n"
+        "Point `aegis attack` at a model file (PyTorch, Keras, ONNX) and an attack dataset "
+        "(.npy, .npz, an image folder, or a built-in one) to get metrics, pictures and a "
+        "verdict. Exit codes: 0 done, 1 error, 2 usage error, 3 gate tripped "
+        "(`attack --gate`: the attack reached --success-threshold)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state: dict[str, bool] = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what aegis does.")] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from exc
+
+
+def _shape(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--input-shape must be C,H,W integers, got {text!r}") from exc
+    if len(values) != 3:
+        raise ConfigError(f"--input-shape must be C,H,W (three integers), got {text!r}")
+    return values[0], values[1], values[2]
+
+
+def _targets(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    import numpy as np
+
+    path = Path(text)
+    if path.suffix != ".npy" or not path.is_file():
+        raise ConfigError(f"--target takes a class number or a .npy file of classes, got {text!r}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read targets from {path}: {exc}") from exc
+
+
+def _progress_bar(total: int, label: str) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+@app.command(no_args_is_help=True)
+def attack(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Model file: .pt/.pth/.ts (TorchScript), .pt2 "
+            "(torch.export), .safetensors/.pt state dict with "
+            "--factory, .keras/.h5, .onnx."
+        ),
+    ],
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Attack data: .npy, .npz (x/y), an image folder "
+            "(one sub-folder per class) or a built-in name "
+            "(`aegis datasets`)."
+        ),
+    ],
+    labels: Annotated[
+        str | None, typer.Option("--labels", "-y", help="Labels .npy for a .npy data file.")
+    ] = None,
+    attack_name: Annotated[
+        str, typer.Option("--attack", "-a", help="Attack name (`aegis attacks`).")
+    ] = "pgd",
+    norm: Annotated[str, typer.Option(help="Threat norm: linf, l2 or l1.")] = "linf",
+    eps: Annotated[
+        float, typer.Option(help="Perturbation budget in the norm's units (pixel scale [0, 1]).")
+    ] = 0.3,
+    step_size: Annotated[
+        float | None,
+        typer.Option(
+            "--step-size", "--step", help="Step size η of each iteration (default: the attack's)."
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps", "--iterations", help="Number of iterations (default: the attack's)."
+        ),
+    ] = None,
+    restarts: Annotated[int | None, typer.Option(help="Random restarts (pgd).")] = None,
+    random_start: Annotated[
+        bool | None,
+        typer.Option(
+            "--random-start/--no-random-start", help="Start from a random point in the ball (pgd)."
+        ),
+    ] = None,
+    decay: Annotated[float | None, typer.Option(help="Momentum decay (mifgsm).")] = None,
+    sparsity: Annotated[
+        float | None,
+        typer.Option(
+            help="L1 only: share of gradient coordinates left still in each step (0.99 → top 1%)."
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Targeted attack: one class for every input, or a .npy with one class per input."
+        ),
+    ] = None,
+    success_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Required success rate, as a share (0.9 = 90%); the verdict says if it is reached."
+        ),
+    ] = None,
+    gate: Annotated[
+        bool,
+        typer.Option(
+            help="Exit with code 3 when the attack reaches --success-threshold (CI gate)."
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run directory for results.json, samples.npz and grid.png "
+            "(default: runs/<time>-<attack>)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Inputs per batch.")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed → same result).")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N inputs.")] = None,
+    attack_misclassified: Annotated[
+        bool, typer.Option(help="Also attack inputs the model already gets wrong.")
+    ] = False,
+    num_classes: Annotated[int | None, typer.Option(help="Model outputs (classes).")] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Model input C,H,W, e.g. 1,28,28.")
+    ] = None,
+    bounds: Annotated[
+        str | None, typer.Option(help="Valid input range low,high (default 0,1).")
+    ] = None,
+    mean: Annotated[str | None, typer.Option(help="Per-channel mean the model subtracts.")] = None,
+    std: Annotated[str | None, typer.Option(help="Per-channel std the model divides by.")] = None,
+    layout: Annotated[
+        str | None, typer.Option(help="Model input layout: NCHW, NHWC or flat.")
+    ] = None,
+    factory: Annotated[
+        str | None,
+        typer.Option(help="package.module:function building the network for a weights file."),
+    ] = None,
+    unsafe_pickle: Annotated[
+        bool,
+        typer.Option(
+            help="Allow unpickling a plain pickle model file: this EXECUTES CODE from the file."
+        ),
+    ] = False,
+    data_layout: Annotated[
+        str | None,
+        typer.Option(help="Layout of the data file: NCHW, NHWC or flat (default: detected)."),
+    ] = None,
+    scale: Annotated[
+        str, typer.Option(help="Data scaling: auto (uint8/0–255 → [0,1]), 255, or none.")
+    ] = "auto",
+    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+) -> None:
+    """Attack MODEL on DATA, print metrics and a verdict, and write a run directory.
+
+    Example (the targeted scenario: 100 steps of 0.01 toward class 5, 90% required):
+
+        aegis attack model.keras attack_dataset.npy --labels labels.npy --attack bim
+        --eps 0.3 --step 0.01 --iterations 100 --target 5 --success-threshold 0.9
+    """
+    from aegis.api import run_attack
+    from aegis.io import rundir
+
+    model_options: dict[str, Any] = {
+        "num_classes": num_classes,
+        "input_shape": _shape(input_shape),
+        "bounds": _floats(bounds, "--bounds"),
+        "mean": _floats(mean, "--mean"),
+        "std": _floats(std, "--std"),
+        "layout": layout,
+        "factory": factory,
+        "allow_unsafe_pickle": unsafe_pickle,
+        "device": device,
+        "batch_size": batch_size,
+    }
+    model_options = {k: v for k, v in model_options.items() if v is not None}
+    data_options: dict[str, Any] = {"scale": scale}
+    if data_layout is not None:
+        data_options["layout"] = data_layout
+    if gate and success_threshold is None:
+        raise ConfigError("--gate needs --success-threshold (e.g. 0.9)")
+    out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), attack_name)
+    params = {
+        "steps": steps,
+        "step_size": step_size,
+        "restarts": restarts,
+        "random_start": random_start,
+        "decay": decay,
+        "sparsity": sparsity,
+    }
+
+    bar: Any = None
+    task: Any = None
+
+    def loaded(clf: Any, ds: Any) -> None:
+        nonlocal bar, task
+        bar = _progress_bar(len(ds), f"{attack_name} {norm} ε={eps}")
+        bar.start()
+        task = bar.add_task("attack", total=len(ds))
+
+    try:
+        run = run_attack(
+            model,
+            data,
+            labels=labels,
+            attack=attack_name,
+            norm=norm,
+            eps=eps,
+            targets=_targets(target),
+            success_threshold=success_threshold,
+            out=out_dir,
+            seed=seed,
+            batch_size=batch_size,
+            attack_misclassified=attack_misclassified,
+            limit=limit,
+            progress=lambda done: bar.update(task, completed=done),
+            model_options=model_options,
+            data_options=data_options,
+            on_loaded=loaded,
+            **params,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    _print_summary(run)
+    if gate and run.reached_threshold:
+        raise typer.Exit(EXIT_GATE)
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1%}"
+
+
+def _print_summary(run: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = run.metrics
+    res = run.results
+    console = Console()
+    cfg = res["config"]
+    data = res["data"]
+    console.print(
+        f"model {res['model']['source'] or res['model']['name']} · data {data['name']} "
+        f"({m['n']} inputs) · attack {cfg['attack']['name']} {cfg['threat']['norm']} "
+        f"ε={cfg['threat']['eps']}"
+        + (f" · target {cfg['targets']}" if cfg["targets"] is not None else "")
+    )
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("clean", justify="right")
+    table.add_column("under attack", justify="right")
+    table.add_row("accuracy", _pct(m["clean_accuracy"]), _pct(m["adversarial_accuracy"]))
+    for key in ("precision", "recall", "f1"):
+        table.add_row(
+            f"macro {key}", _pct(m["clean"][f"macro_{key}"]), _pct(m["adversarial"][f"macro_{key}"])
+        )
+    console.print(table)
+    s = m["success"]
+    nrm = m["norms"]
+    extra = (
+        f", {s['excluded_target']} excluded (true label = target)" if s["excluded_target"] else ""
+    )
+    console.print(
+        f"success rate {_pct(s['rate'])} ({s['successes']}/{s['attacked']} attacked{extra}); "
+        f"median L∞ {_fmt(nrm['linf']['median'])}, L2 {_fmt(nrm['l2']['median'])}, "
+        f"L0 {_fmt(nrm['l0']['median'])} of the successful; "
+        f"{m['calls']['gradient_total']} gradients in {res['seconds']:.1f} s"
+    )
+    if run.out_dir is not None:
+        console.print(f"results: {run.out_dir / 'results.json'}  grid: {run.out_dir / 'grid.png'}")
+    console.print(f"verdict: {run.verdict}", markup=False)
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3g}"
+
+
+@app.command()
+def attacks(
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'pgd*'.")] = "*",
+) -> None:
+    """List the registered attacks with their norms, gradient needs and paper."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aegis.registry import list_attacks
+
+    table = Table("name", "norms", "gradients", "targeted", "parameters", "paper", "summary")
+    for s in list_attacks(pattern):
+        table.add_row(
+            s.name,
+            ",".join(s.norms),
+            "yes" if s.needs_gradients else "no",
+            "yes" if s.targeted else "no",
+            ", ".join(s.parameters()),
+            s.paper,
+            s.summary,
+        )
+    Console().print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """List the built-in offline datasets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aegis.io.data import list_datasets
+
+    rows = list_datasets()
+    table = Table(*[str(k) for k in rows[0]]) if rows else Table("name")
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    Console().print(table)
+
+
+@app.command(no_args_is_help=False)
+def train(
+    dataset: Annotated[str, typer.Option(help="Built-in dataset: mnist or digits.")] = "mnist",
+    adversarial: Annotated[
+        str | None,
+        typer.Option(
+            help="Adversarial training: 'pgd' (Madry et al.) for a robust reference model."
+        ),
+    ] = None,
+    eps: Annotated[float, typer.Option(help="L∞ budget for adversarial training.")] = 0.3,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the zoo's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for the model file and its sidecar.")] = Path(
+        "models"
+    ),
+    force: Annotated[bool, typer.Option(help="Retrain even if the model exists.")] = False,
+) -> None:
+    """Train a seeded reference CNN on a built-in dataset (model file + model.json sidecar)."""
+    from aegis.zoo.train import train_reference
+
+    if adversarial not in (None, "pgd"):
+        raise ConfigError(f"--adversarial supports 'pgd', got {adversarial!r}")
+    result = train_reference(
+        dataset,
+        out_dir=out,
+        epochs=epochs,
+        adversarial=adversarial,
+        eps=eps,
+        seed=seed,
+        progress=sys.stderr.isatty(),
+        force=force,
+    )
+    robust = getattr(result, "robust_accuracy", None)
+    typer.echo(
+        f"model {result.model_path} (sidecar {result.sidecar_path}): test accuracy "
+        f"{result.test_accuracy:.2%}"
+        + (f", PGD robust accuracy {robust:.2%} at eps {eps}" if robust is not None else "")
+        + f", {result.seconds:.0f} s"
+    )
+
+
+def main() -> None:
+    """Entry point: AegisError → one line on stderr and exit 1 (traceback with --debug).
+
+    Typer runs in standalone mode: it reports usage errors itself (exit 2) and turns
+    ``typer.Exit`` into the exit code; everything else reaches the handlers here.
+    """
+    try:
+        app()
+    except AegisError as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except Exception as exc:  # the CLI edge: anything unexpected is still one line
+        if _state["debug"]:
+            raise
+        typer.echo(
+            f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for "
+            "the traceback and please report it)",
+            err=True,
+        )
+        sys.exit(EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Tiny architectures that tests/test_models_io.py loads by factory name ("_factories:make_cnn")."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class SmallCNN(nn.Module):
+    """conv 3x3 → ReLU → max-pool 2 → linear, for 1x12x12 inputs."""
+
+    def __init__(self, width: int = 4, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(width * 6 * 6, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+def make_cnn(width: int = 4, num_classes: int = 4) -> SmallCNN:
+    return SmallCNN(width=width, num_classes=num_classes)
+
+
+def make_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(144, 4))
+
+
+def not_a_module() -> int:
+    return 3

@@ -1,0 +1,311 @@
+"""The CLI end to end on a tiny TorchScript model and .npy data, including every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aegis.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK, main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_net, data) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    x, y = data
+    model = d / "tiny.pt"
+    torch.jit.save(torch.jit.trace(tiny_net, x[:2]), str(model))
+    # The user's attack set: NHWC uint8, as image data usually comes.
+    nhwc = np.round(x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    np.save(d / "attack_dataset.npy", nhwc)
+    np.save(d / "labels.npy", y.numpy())
+    return {"dir": d, "model": model, "x": d / "attack_dataset.npy", "y": d / "labels.npy"}
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    argv = sys.argv
+    sys.argv = ["aegis", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def base(files, out: Path, *extra: str) -> list[str]:
+    return [
+        "attack",
+        str(files["model"]),
+        str(files["x"]),
+        "--labels",
+        str(files["y"]),
+        "--input-shape",
+        "1,8,8",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_targeted_scenario_end_to_end(files, capsys, tmp_path) -> None:
+    out = tmp_path / "run"
+    code, text, err = run(
+        capsys,
+        *base(
+            files,
+            out,
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.6",
+            "--step",
+            "0.01",
+            "--iterations",
+            "100",
+            "--target",
+            "1",
+            "--success-threshold",
+            "0.9",
+        ),
+    )
+    assert code == EXIT_OK, err
+    assert "verdict: attack SUCCEEDS" in text and "excluded (true label = target)" in text
+    res = json.loads((out / "results.json").read_text())
+    assert res["schema"] == "aegis.results/1"
+    assert res["config"]["attack"]["steps"] == 100 and res["config"]["attack"]["step_size"] == 0.01
+    assert res["config"]["targets"] == 1 and res["config"]["threat"]["targeted"] is True
+    assert res["metrics"]["success"]["excluded_target"] == 20
+    assert res["data"]["provenance"]  # layout and scaling are explicit
+    assert (out / "grid.png").stat().st_size > 1000
+    with np.load(out / "samples.npz") as z:
+        assert z["x_adv"].shape == (60, 1, 8, 8)
+        assert np.abs(z["x_adv"] - z["x"]).max() <= 0.6 + 1e-6
+
+
+def test_gate_exit_code(files, capsys, tmp_path) -> None:
+    args = base(
+        files,
+        tmp_path / "g",
+        "--eps",
+        "0.6",
+        "--steps",
+        "20",
+        "--success-threshold",
+        "0.5",
+        "--gate",
+    )
+    code, text, _ = run(capsys, *args)
+    assert code == EXIT_GATE and "SUCCEEDS" in text
+    code, text, _ = run(
+        capsys,
+        *base(
+            files,
+            tmp_path / "h",
+            "--eps",
+            "0.01",
+            "--steps",
+            "2",
+            "--success-threshold",
+            "0.9",
+            "--gate",
+        ),
+    )
+    assert code == EXIT_OK and "FAILS" in text
+
+
+def test_untargeted_l2_and_l1(files, capsys, tmp_path) -> None:
+    for norm, eps in (("l2", "2"), ("l1", "10")):
+        code, text, err = run(
+            capsys,
+            *base(files, tmp_path / norm, "--norm", norm, "--eps", eps, "--attack", "mifgsm"),
+        )
+        assert code == EXIT_OK, err
+        assert "success rate" in text
+
+
+def _bad(files, tmp: Path, kind: str) -> list[str]:
+    d = files["dir"]
+    out = tmp / "bad"
+    x = np.load(files["x"])
+    y = np.load(files["y"])
+    if kind == "shape":
+        np.save(tmp / "x.npy", x[:, :6, :6])
+        return [
+            "attack",
+            str(files["model"]),
+            str(tmp / "x.npy"),
+            "--labels",
+            str(files["y"]),
+            "--input-shape",
+            "1,8,8",
+            "--out",
+            str(out),
+        ]
+    if kind == "channels":
+        np.save(tmp / "x.npy", np.repeat(x, 3, axis=3))
+        return [
+            "attack",
+            str(files["model"]),
+            str(tmp / "x.npy"),
+            "--labels",
+            str(files["y"]),
+            "--input-shape",
+            "1,8,8",
+            "--out",
+            str(out),
+        ]
+    if kind == "nan":
+        xf = x.astype(np.float32) / 255
+        xf[0, 0, 0, 0] = np.nan
+        np.save(tmp / "x.npy", xf)
+        return [
+            "attack",
+            str(files["model"]),
+            str(tmp / "x.npy"),
+            "--labels",
+            str(files["y"]),
+            "--input-shape",
+            "1,8,8",
+            "--out",
+            str(out),
+        ]
+    if kind == "range":
+        np.save(tmp / "x.npy", x.astype(np.float32) * 4.0 - 7.5)
+        return [
+            "attack",
+            str(files["model"]),
+            str(tmp / "x.npy"),
+            "--labels",
+            str(files["y"]),
+            "--input-shape",
+            "1,8,8",
+            "--out",
+            str(out),
+        ]
+    if kind == "labels-range":
+        np.save(tmp / "y.npy", y + 7)
+        return [
+            "attack",
+            str(files["model"]),
+            str(files["x"]),
+            "--labels",
+            str(tmp / "y.npy"),
+            "--input-shape",
+            "1,8,8",
+            "--out",
+            str(out),
+        ]
+    if kind == "labels-length":
+        np.save(tmp / "y.npy", y[:10])
+        return [
+            "attack",
+            str(files["model"]),
+            str(files["x"]),
+            "--labels",
+            str(tmp / "y.npy"),
+            "--input-shape",
+            "1,8,8",
+            "--out",
+            str(out),
+        ]
+    if kind == "output-width":
+        return [*base(files, out), "--num-classes", "5"]
+    if kind == "corrupt":
+        (tmp / "m.pt").write_bytes(files["model"].read_bytes()[:300])
+        return [
+            "attack",
+            str(tmp / "m.pt"),
+            str(files["x"]),
+            "--labels",
+            str(files["y"]),
+            "--input-shape",
+            "1,8,8",
+            "--out",
+            str(out),
+        ]
+    if kind == "unknown-attack":
+        return [*base(files, out), "--attack", "pgdd"]
+    if kind == "eps":
+        return [*base(files, out), "--eps", "-0.1"]
+    if kind == "steps":
+        return [*base(files, out), "--steps", "0"]
+    if kind == "target":
+        return [*base(files, out), "--target", "3"]
+    if kind == "threshold":
+        return [*base(files, out), "--success-threshold", "90"]
+    if kind == "missing":
+        return ["attack", str(d / "nope.onnx"), str(files["x"]), "--out", str(out)]
+    raise AssertionError(kind)
+
+
+BAD = {
+    "shape": "shape",
+    "channels": "channels",
+    "nan": "NaN",
+    "range": "--scale",
+    "labels-range": "labels",
+    "labels-length": "60",
+    "output-width": "classes",
+    "corrupt": "corrupt",
+    "unknown-attack": "did you mean 'pgd'",
+    "eps": "eps must be >= 0",
+    "steps": "steps must be >= 1",
+    "target": r"target class must be in [0, 2]",
+    "threshold": "0.9 for 90%",
+    "missing": "no such model file",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_bad_input_one_line_exit_1_nothing_written(files, capsys, tmp_path, kind) -> None:
+    code, _, err = run(capsys, *_bad(files, tmp_path, kind))
+    assert code == EXIT_ERROR, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "unexpected" not in lines[0]
+    assert BAD[kind].lower() in lines[0].lower(), lines[0]
+    assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_listing_commands(capsys) -> None:
+    code, text, _ = run(capsys, "attacks")
+    assert code == EXIT_OK
+    for name in ("fgsm", "bim", "pgd", "mifgsm"):
+        assert name in text
+    code, text, _ = run(capsys, "datasets")
+    assert code == EXIT_OK and "mnist" in text and "digits" in text
+
+
+def test_help_reads_like_a_manual(capsys) -> None:
+    code, text, _ = run(capsys, "attack", "--help")
+    assert code == EXIT_OK
+    for word in (
+        "--iterations",
+        "--step",
+        "--target",
+        "--success-threshold",
+        "--gate",
+        "--unsafe-pickle",
+    ):
+        assert word in text
+
+
+def test_entry_point_subprocess(files, tmp_path) -> None:
+    exe = Path(sys.executable).with_name("aegis")
+    proc = subprocess.run(
+        [str(exe), *base(files, tmp_path / "sub", "--attack", "fgsm", "--eps", "0.1")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "verdict:" in proc.stdout
