@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from aegis.zoo.train import train_reference
 
 from aegis.io.data import load_dataset
+from aegis.io.models import load_classifier
 from aegis.registry import create
 from aegis.threat import ThreatModel
-from aegis.zoo import load_reference
 
 STEPS, EPS, ALPHA = 40, 0.3, 0.01
 
@@ -57,7 +57,7 @@ def main() -> None:
     result = train_reference(
         "mnist", out_dir=args.models, adversarial="pgd" if args.robust else None, progress=False
     )
-    clf = load_reference(result.model_path, device=args.device)
+    clf = load_classifier(result.model_path, device=args.device)
     module = clf.module
     assert isinstance(module, torch.nn.Module)
     ds = load_dataset("mnist", split="test").subset(args.n)

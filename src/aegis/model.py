@@ -148,7 +148,10 @@ class Classifier:
                     AegisWarning,
                     stacklevel=2,
                 )
-            module.eval()
+            try:
+                module.eval()
+            except NotImplementedError:  # torch.export modules: already in inference form
+                log.debug("%s does not support .eval(); used as exported", name)
             for p in module.parameters():
                 p.requires_grad_(False)
         c = info.input_shape[0]

@@ -1,0 +1,201 @@
+"""ONNX ``.onnx`` models: converted to torch by :mod:`aegis.io.onnx_torch` and checked against
+onnxruntime once; a graph the converter cannot express (or gets wrong) is loaded query-only with
+onnxruntime. onnx and onnxruntime are imported only when such a file is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from aegis.errors import AegisWarning, ModelError
+from aegis.io.loaded import (
+    Dims,
+    QueryFn,
+    _corrupt,
+    _device_of,
+    _first_tensor,
+    _Loaded,
+    _one_line,
+    _StaticBatch,
+    _to_layout,
+)
+
+log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+}
+
+
+def _load_onnx(file: Path) -> _Loaded:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ModelError("loading .onnx needs onnx: pip install 'aegis[onnx]'") from exc
+    try:
+        proto = onnx.load(str(file))
+    except Exception as exc:
+        raise _corrupt(file, "an ONNX model", exc) from exc
+    checker_note = ""
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        if not proto.graph.node or not proto.graph.output:
+            raise _corrupt(file, "an ONNX model", exc) from exc
+        # A strict checker complaint about a runnable graph is not fatal: onnxruntime and the
+        # converter validate what they use.
+        checker_note = _one_line(exc)
+        log.warning("%s fails the ONNX checker (%s); loading it anyway", file.name, checker_note)
+    graph = proto.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    if len(inputs) != 1 or not graph.output:
+        raise ModelError(
+            f"{file.name} has {len(inputs)} inputs and {len(graph.output)} outputs; aegis needs "
+            "one image input and a scores output: re-export the model"
+        )
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+    outputs = [v for v in graph.output if v.type.tensor_type.elem_type in floats]
+    if not outputs:
+        raise ModelError(
+            f"{file.name} has no floating-point tensor output (only labels or maps?); re-export "
+            "it to return scores as a tensor (skl2onnx: options={'zipmap': False})"
+        )
+    output = outputs[0].name
+    loaded = _Loaded(fmt="onnx")
+    if checker_note:
+        loaded.notes["onnx_checker"] = checker_note
+    if len(graph.output) > 1:
+        loaded.notes["onnx_output"] = f"used output {output!r} of {len(graph.output)}"
+    dims: Dims | None = None
+    batch: int | None = None
+    tensor_type = inputs[0].type.tensor_type
+    if tensor_type.HasField("shape"):
+        all_dims = tuple(
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in tensor_type.shape.dim
+        )
+        if all_dims:
+            batch, dims = all_dims[0], all_dims[1:]
+    loaded.dims = dims
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    loaded.probabilities = producers.get(output) == "Softmax"
+    if batch is not None and batch > 0:
+        loaded.notes["batch"] = f"graph has a fixed batch of {batch}: run in chunks of {batch}"
+
+    from aegis.io.onnx_torch import UnsupportedOnnxOp, convert
+
+    why = ""
+    try:
+        module: nn.Module = convert(proto, outputs=[output])
+        if batch is not None:
+            module = _StaticBatch(module, batch)
+        loaded.module = module
+        loaded.fresh = True
+        loaded.fmt = "onnx (converted to torch)"
+    except UnsupportedOnnxOp as exc:
+        why = f"ONNX op {exc.op} has no differentiable converter"
+    except Exception as exc:  # a malformed node the converter trips over
+        why = f"the ONNX to torch conversion failed ({_one_line(exc)})"
+    loaded.query_fn = _onnxruntime_fn(file, inputs[0].name, output, batch, loaded)
+    if loaded.module is None:
+        if loaded.query_fn is None:
+            raise ModelError(
+                f"{file.name}: {why} and onnxruntime is missing; pip install onnxruntime to "
+                "load it query-only"
+            )
+        _go_query_only(
+            file,
+            loaded,
+            f"{why}: loaded query-only; gradient attacks will refuse it, black-box attacks work",
+        )
+    elif loaded.query_fn is None and "onnx_check" not in loaded.notes:
+        loaded.notes["onnx_check"] = "skipped: onnxruntime is not installed"
+    return loaded
+
+
+def _go_query_only(file: Path, loaded: _Loaded, message: str) -> None:
+    loaded.module = None
+    loaded.fmt = "onnx (query-only, onnxruntime)"
+    loaded.notes["gradients"] = message
+    log.warning("%s: %s", file.name, message)
+    warnings.warn(f"{file.name}: {message}", AegisWarning, stacklevel=4)
+
+
+def _onnxruntime_fn(
+    file: Path, input_name: str, output: str, batch: int | None, loaded: _Loaded
+) -> QueryFn | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    try:
+        session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        # onnxruntime puts the reason (e.g. an IR version it is too old for) at the end.
+        reason = " ".join(str(exc).split())[-160:] or type(exc).__name__
+        if loaded.module is None:
+            raise ModelError(
+                f"onnxruntime cannot run {file.name} (...{reason}); upgrade onnxruntime or "
+                "re-export the model at an older opset"
+            ) from exc
+        loaded.notes["onnx_check"] = f"skipped: onnxruntime cannot run the file (...{reason})"
+        return None
+    dtype = _ORT_DTYPES.get(session.get_inputs()[0].type, np.float32)
+
+    def run(arr: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(arr, dtype=dtype)
+        if batch is None or x.shape[0] == batch:
+            return np.asarray(session.run([output], {input_name: x})[0])
+        parts = []
+        for i in range(0, x.shape[0], batch):
+            chunk = x[i : i + batch]
+            m = chunk.shape[0]
+            if m < batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - m, axis=0)])
+            parts.append(np.asarray(session.run([output], {input_name: chunk})[0])[:m])
+        return np.concatenate(parts)
+
+    return run
+
+
+def _verify_onnx(
+    file: Path,
+    loaded: _Loaded,
+    layout: str,
+    shape: tuple[int, int, int],
+    provenance: dict[str, str],
+) -> None:
+    """Compare the torch conversion with onnxruntime once; disagreeing → query-only."""
+    if loaded.query_fn is None or loaded.module is None:
+        return
+    gen = torch.Generator().manual_seed(0)
+    x = _to_layout(torch.rand(2, *shape, generator=gen), layout)
+    try:
+        with torch.no_grad():
+            ours = _first_tensor(loaded.module(x.to(_device_of(loaded.module)))).float().cpu()
+        ref = torch.from_numpy(np.asarray(loaded.query_fn(x.numpy()), dtype=np.float32))
+        error = float((ours - ref).abs().max()) if ours.shape == ref.shape else math.inf
+    except Exception as exc:
+        error, reason = math.inf, f"{type(exc).__name__}: {_one_line(exc)}"
+    else:
+        reason = f"max difference {error:.2g}"
+    tolerance = 1e-3 * (1.0 + (float(ref.abs().max()) if math.isfinite(error) else 0.0))
+    if error <= tolerance:
+        provenance["onnx_check"] = f"torch conversion matches onnxruntime ({reason})"
+        return
+    _go_query_only(
+        file,
+        loaded,
+        f"the torch conversion disagrees with onnxruntime ({reason[:200]}): loaded query-only; "
+        "gradient attacks will refuse it, black-box attacks work",
+    )
