@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from aegis.zoo.train import train_reference
 
 from aegis.io.data import load_dataset
 from aegis.io.models import load_classifier
 from aegis.registry import create
 from aegis.threat import ThreatModel
+from aegis.zoo.train import train_reference
 
 STEPS, EPS, ALPHA = 40, 0.3, 0.01
 
