@@ -30,19 +30,22 @@ from aegis.zoo.train import train_reference
 STEPS, EPS, ALPHA = 40, 0.3, 0.01
 
 
-def timed(
-    fn: Callable[[], torch.Tensor], repeats: int, sync: Callable[[], None]
-) -> tuple[float, torch.Tensor]:
-    times, out = [], None
-    fn()  # warm-up
-    sync()
+def timed_round_robin(
+    fns: dict[str, Callable[[], torch.Tensor]], repeats: int, sync: Callable[[], None]
+) -> dict[str, tuple[float, torch.Tensor]]:
+    """Median wall time of each function, timed in turns so that drifts hit all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    outs: dict[str, torch.Tensor] = {}
+    for fn in fns.values():  # warm-up
+        fn()
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    assert out is not None
-    return statistics.median(times), out
+        for k, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            outs[k] = fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), outs[k]) for k, v in times.items()}
 
 
 def main() -> None:
@@ -82,31 +85,25 @@ def main() -> None:
     def run(attack):  # type: ignore[no-untyped-def]
         return lambda: attack(clf, x, y, threat, generator=torch.Generator(dev).manual_seed(0))
 
-    rows = []
-    t_floor, _ = timed(floor, args.repeats, sync)
-    rows.append(("floor: 40 × (fwd + input grad)", t_floor, None))
-    for label, attack in (
-        ("aegis pgd (early stop, default)", ours),
-        ("aegis pgd (no early stop)", ours_full),
-    ):
-        t, xa = timed(run(attack), args.repeats, sync)
-        rows.append((label, t, (clf.predict(xa) == y).float().mean().item()))
+    fns: dict[str, Callable[[], torch.Tensor]] = {
+        "floor: 40 × (fwd + input grad)": floor,
+        "aegis pgd (early stop, default)": run(ours),
+        "aegis pgd (no early stop)": run(ours_full),
+    }
     try:
         import torchattacks
 
         ta = torchattacks.PGD(module, eps=EPS, alpha=ALPHA, steps=STEPS, random_start=True)
-        torch.manual_seed(0)
-        t, xa = timed(lambda: ta(x, y), args.repeats, sync)
-        rows.append(
-            (
-                f"torchattacks {torchattacks.__version__} PGD",
-                t,
-                (clf.predict(xa) == y).float().mean().item(),
-            )
-        )
+        fns[f"torchattacks {torchattacks.__version__} PGD"] = lambda: ta(x, y)
     except ImportError:
-        rows.append(("torchattacks (not installed)", float("nan"), None))
-
+        print("torchattacks is not installed: pip install --no-deps torchattacks")
+    torch.manual_seed(0)
+    timings = timed_round_robin(fns, args.repeats, sync)
+    t_floor = timings["floor: 40 × (fwd + input grad)"][0]
+    rows = []
+    for label, (t, xa) in timings.items():
+        acc = None if label.startswith("floor") else (clf.predict(xa) == y).float().mean().item()
+        rows.append((label, t, acc))
     peer = rows[-1][1]
     model_name = "PGD-trained" if args.robust else "normally trained"
     print(

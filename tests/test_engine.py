@@ -103,3 +103,14 @@ def test_verdict_never_says_robust(tiny, data) -> None:
     ev = evaluate(tiny, x, y, create("fgsm"), ThreatModel("linf", 0.01))
     text = metrics.verdict(ev.records, 0.9)["text"]
     assert "FAILS" in text and "upper bound" in text and "robust " not in text.split(";")[0]
+
+
+def test_call_counts_exact(tiny, data) -> None:
+    x, y = data
+    full = evaluate(tiny, x, y, create("pgd", steps=7, early_stop=False), ThreatModel("linf", 0.3))
+    r = full.records
+    assert (r.gradient_calls[r.attacked] == 7).all() and (r.gradient_calls[~r.attacked] == 0).all()
+    # one clean prediction for everyone, one re-prediction for the attacked
+    assert (r.forward_calls == 1 + r.attacked).all()
+    early = evaluate(tiny, x, y, create("pgd", steps=7), ThreatModel("linf", 0.3)).records
+    assert (early.gradient_calls <= 7).all() and early.gradient_calls.sum() < r.gradient_calls.sum()

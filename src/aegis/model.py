@@ -12,7 +12,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,26 +29,41 @@ LAYOUTS = ("NCHW", "NHWC", "flat")
 """The layout the wrapped callable expects; ``flat`` is (n, H*W*C) flattened in HWC order."""
 
 
-@dataclass
 class QueryCounter:
-    """Per-sample forward and gradient calls for the batch the engine is working on."""
+    """Per-sample forward and gradient calls for the batch the engine is working on.
 
-    n: int
-    forward: np.ndarray = field(init=False)
-    gradient: np.ndarray = field(init=False)
+    Row ids passed by attacks are kept on their device and counted once, when read, so
+    counting never forces a device-to-host synchronization inside an attack's loop.
+    """
 
-    def __post_init__(self) -> None:
-        self.forward = np.zeros(self.n, dtype=np.int64)
-        self.gradient = np.zeros(self.n, dtype=np.int64)
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._all = {"forward": 0, "gradient": 0}
+        self._rows: dict[str, list[Tensor]] = {"forward": [], "gradient": []}
 
-    def add(self, kind: str, rows: Tensor | None, batch: int) -> None:
-        target = self.forward if kind == "forward" else self.gradient
+    def add(self, kind: str, rows: Tensor | None) -> None:
         if rows is None:
             # All rows; a call on a subset without row ids is counted against every sample
             # (an over-count, never an under-count).
-            target += 1
+            self._all[kind] += 1
         else:
-            np.add.at(target, rows.detach().cpu().numpy(), 1)
+            self._rows[kind].append(rows.detach())
+
+    def _resolve(self, kind: str) -> np.ndarray:
+        out = np.full(self.n, self._all[kind], dtype=np.int64)
+        pending = self._rows[kind]
+        if pending:
+            rows = torch.cat([r.reshape(-1).long() for r in pending])
+            out += torch.bincount(rows, minlength=self.n).cpu().numpy()[: self.n]
+        return out
+
+    @property
+    def forward(self) -> np.ndarray:
+        return self._resolve("forward")
+
+    @property
+    def gradient(self) -> np.ndarray:
+        return self._resolve("gradient")
 
 
 @dataclass(frozen=True)
@@ -192,7 +207,7 @@ class Classifier:
         else:
             self.total_gradient += batch
         if self.counter is not None:
-            self.counter.add(kind, rows, batch)
+            self.counter.add(kind, rows)
 
     # -- calls ----------------------------------------------------------------------------
     def check_input(self, x: Tensor) -> None:

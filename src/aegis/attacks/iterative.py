@@ -49,10 +49,16 @@ def gradient_ascent(
         x_cur = threat.random_start(x0, bounds, generator) if random_start else x0.clone()
         momentum = torch.zeros_like(x0)
         active = torch.arange(idx.numel(), device=x.device)  # positions within idx
+        everyone = idx.numel() == n  # rows of the call are rows of x: count without ids
+        full = True  # every point of this restart is still active: no gather / scatter
         for _ in range(steps):
-            xa, ya = x_cur[active], y0[active]
-            ta = None if t0 is None else t0[active]
-            logits, _, grad = model.value_and_grad(xa, ce_loss(ya, ta), rows=idx[active])
+            if full:
+                xa, ya, ta = x_cur, y0, t0
+            else:
+                xa, ya = x_cur[active], y0[active]
+                ta = None if t0 is None else t0[active]
+            rows = None if full and everyone else idx[active]
+            logits, _, grad = model.value_and_grad(xa, ce_loss(ya, ta), rows=rows)
             if early_stop:
                 hit = is_adversarial(logits, ya, ta)
                 if hit.any():
@@ -61,14 +67,24 @@ def gradient_ascent(
                     found[idx[done]] = True
                     keep = ~hit
                     active, xa, grad = active[keep], xa[keep], grad[keep]
+                    full = False
                     if active.numel() == 0:
                         break
             if decay > 0:
                 g = grad / flat(grad).abs().mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                momentum[active] = decay * momentum[active] + g
-                grad = momentum[active]
+                if full:
+                    momentum = decay * momentum + g
+                    grad = momentum
+                else:
+                    momentum[active] = decay * momentum[active] + g
+                    grad = momentum[active]
             direction = threat.ascent_direction(grad, sparsity=sparsity, x=xa, bounds=bounds)
-            x_cur[active] = threat.project(xa + step_size * direction, x0[active], bounds)
+            x0a = x0 if full else x0[active]
+            stepped = threat.project(xa + step_size * direction, x0a, bounds)
+            if full:
+                x_cur = stepped
+            else:
+                x_cur[active] = stepped
         remaining = idx[~found[idx]]
         if remaining.numel() == 0:
             break
