@@ -112,5 +112,5 @@ def test_call_counts_exact(tiny, data) -> None:
     assert (r.gradient_calls[r.attacked] == 7).all() and (r.gradient_calls[~r.attacked] == 0).all()
     # one clean prediction for everyone, one re-prediction for the attacked
     assert (r.forward_calls == 1 + r.attacked).all()
-    early = evaluate(tiny, x, y, create("pgd", steps=7), ThreatModel("linf", 0.3)).records
-    assert (early.gradient_calls <= 7).all() and early.gradient_calls.sum() < r.gradient_calls.sum()
+    early = evaluate(tiny, x, y, create("pgd", steps=20), ThreatModel("linf", 0.6)).records
+    assert early.success.all() and (early.gradient_calls[early.attacked] < 20).all()

@@ -6,8 +6,10 @@ loss — or its momentum accumulation for MI-FGSM. Δx = −η·∇ₓJ for a ta
 for the untargeted one; both are "ascend the loss returned by ``ce_loss``".
 
 Soundness: a point that is adversarial at some iterate is frozen there (its logits were computed
-on that very iterate, so the engine's re-prediction agrees); it leaves the active set, which only
-saves work. Restarts run only on points not yet fooled.
+on that very iterate, so the engine's re-prediction agrees). Freezing is a mask, so it costs no
+device-to-host synchronization; every ``COMPACT_EVERY`` steps the loop checks how many points are
+still active and drops the frozen ones from the batch when that saves enough work. Restarts run
+only on points not yet fooled.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from torch import Tensor
 from aegis.attacks.base import ce_loss, is_adversarial
 from aegis.model import Classifier
 from aegis.threat import ThreatModel, flat
+
+COMPACT_EVERY = 4  # steps between checks of the active set (each check is one host sync)
+COMPACT_BELOW = 0.75  # shrink the batch when at most this share of it is still active
 
 
 def gradient_ascent(
@@ -41,58 +46,56 @@ def gradient_ascent(
     x_out = x.clone()
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     for restart in range(restarts):
-        idx = (~found).nonzero().squeeze(1)
+        idx = (~found).nonzero().squeeze(1) if restart else torch.arange(n, device=x.device)
         if idx.numel() == 0:
             break
         x0, y0 = x[idx], y[idx]
         t0 = None if targets is None else targets[idx]
         x_cur = threat.random_start(x0, bounds, generator) if random_start else x0.clone()
+        done = torch.zeros(idx.numel(), dtype=torch.bool, device=x.device)
         momentum = torch.zeros_like(x0)
-        active = torch.arange(idx.numel(), device=x.device)  # positions within idx
-        everyone = idx.numel() == n  # rows of the call are rows of x: count without ids
-        full = True  # every point of this restart is still active: no gather / scatter
-        for _ in range(steps):
-            if full:
-                xa, ya, ta = x_cur, y0, t0
-            else:
-                xa, ya = x_cur[active], y0[active]
-                ta = None if t0 is None else t0[active]
-            rows = None if full and everyone else idx[active]
+        active: Tensor | None = None  # positions within idx still computed; None: all of them
+        for step in range(steps):
+            xa, x0a, ya = (
+                (x_cur, x0, y0) if active is None else (x_cur[active], x0[active], y0[active])
+            )
+            ta = t0 if t0 is None or active is None else t0[active]
+            rows = (None if restart == 0 else idx) if active is None else idx[active]
             logits, _, grad = model.value_and_grad(xa, ce_loss(ya, ta), rows=rows)
-            if early_stop:
-                hit = is_adversarial(logits, ya, ta)
-                if hit.any():
-                    done = active[hit]
-                    x_out[idx[done]] = x_cur[done]
-                    found[idx[done]] = True
-                    keep = ~hit
-                    active, xa, grad = active[keep], xa[keep], grad[keep]
-                    full = False
-                    if active.numel() == 0:
-                        break
             if decay > 0:
                 g = grad / flat(grad).abs().mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                if full:
-                    momentum = decay * momentum + g
-                    grad = momentum
-                else:
-                    momentum[active] = decay * momentum[active] + g
-                    grad = momentum[active]
+                mom = decay * (momentum if active is None else momentum[active]) + g
+                grad = mom
             direction = threat.ascent_direction(grad, sparsity=sparsity, x=xa, bounds=bounds)
-            x0a = x0 if full else x0[active]
             stepped = threat.project(xa + step_size * direction, x0a, bounds)
-            if full:
+            if early_stop:
+                frozen = (done if active is None else done[active]) | is_adversarial(logits, ya, ta)
+                stepped = torch.where(frozen.view(-1, 1, 1, 1), xa, stepped)
+            if active is None:
                 x_cur = stepped
+                if decay > 0:
+                    momentum = mom
+                if early_stop:
+                    done = frozen
             else:
                 x_cur[active] = stepped
-        remaining = idx[~found[idx]]
-        if remaining.numel() == 0:
-            break
-        pos = (~found[idx]).nonzero().squeeze(1)
-        x_out[remaining] = x_cur[pos]
+                if decay > 0:
+                    momentum[active] = mom
+                if early_stop:
+                    done[active] = frozen
+            if early_stop and (step + 1) % COMPACT_EVERY == 0 and step + 1 < steps:
+                left = (~done).nonzero().squeeze(1)
+                if left.numel() == 0:
+                    break
+                size = idx.numel() if active is None else active.numel()
+                if left.numel() <= COMPACT_BELOW * size:
+                    active = left
+        x_out[idx] = x_cur
+        found[idx] |= done
         if restart < restarts - 1:
             # Decide which points the next restart must work on (one forward pass).
+            pos = (~done).nonzero().squeeze(1)
             ta = None if t0 is None else t0[pos]
-            hit = is_adversarial(model.logits(x_cur[pos], rows=remaining), y0[pos], ta)
-            found[remaining[hit]] = True
+            hit = is_adversarial(model.logits(x_cur[pos], rows=idx[pos]), y0[pos], ta)
+            found[idx[pos[hit]]] = True
     return x_out
