@@ -162,3 +162,19 @@ def test_impossible_parameters(name, params, message) -> None:
 def test_negative_eps() -> None:
     with pytest.raises(ConfigError, match="eps must be >= 0"):
         ThreatModel("linf", -0.1)
+
+
+def test_no_parameter_gradients_and_eval_mode(data) -> None:
+    """PITFALLS: attacks differentiate w.r.t. the input only; a model in training mode is fixed."""
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 3)
+    )
+    net.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        model = Classifier(net, ModelInfo(num_classes=3, input_shape=(1, 8, 8)))
+    assert not net.training
+    x, y = data
+    create("pgd", steps=3)(model, x, y, ThreatModel("linf", 0.1))
+    assert all(p.grad is None for p in net.parameters())
+    a, b = model.logits(x), model.logits(x)
+    assert torch.equal(a, b), "dropout must be off during attacks"
