@@ -22,7 +22,8 @@ from aegis.model import Classifier
 from aegis.threat import ThreatModel, flat
 
 COMPACT_EVERY = 4  # steps between checks of the active set (each check is one host sync)
-COMPACT_BELOW = 0.75  # shrink the batch when at most this share of it is still active
+COMPACT_BELOW = {"cpu": 0.75}  # shrink the batch when at most this share is still active
+COMPACT_BELOW_ACCELERATOR = 0.5  # GPUs are often launch-bound on small batches: shrink later
 
 
 def gradient_ascent(
@@ -43,6 +44,7 @@ def gradient_ascent(
 ) -> Tensor:
     bounds = model.bounds
     n = x.shape[0]
+    compact_below = COMPACT_BELOW.get(x.device.type, COMPACT_BELOW_ACCELERATOR)
     x_out = x.clone()
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     for restart in range(restarts):
@@ -88,7 +90,7 @@ def gradient_ascent(
                 if left.numel() == 0:
                     break
                 size = idx.numel() if active is None else active.numel()
-                if left.numel() <= COMPACT_BELOW * size:
+                if left.numel() <= compact_below * size:
                     active = left
         x_out[idx] = x_cur
         found[idx] |= done
