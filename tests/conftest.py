@@ -84,3 +84,25 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="session")
 def data_np(data: tuple[torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     return data[0].numpy(), data[1].numpy()
+
+
+@pytest.fixture()
+def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run ``aegis ARGS...`` in-process: returns (exit code, stdout, stderr)."""
+    import sys
+
+    from aegis.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        argv, sys.argv = sys.argv, ["aegis", *args]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        finally:
+            sys.argv = argv
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

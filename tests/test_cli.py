@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from aegis.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK, main
+from aegis.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK
 
 
 @pytest.fixture(scope="module")
@@ -25,20 +25,6 @@ def files(tmp_path_factory, tiny_net, data) -> dict[str, Path]:
     np.save(d / "attack_dataset.npy", nhwc)
     np.save(d / "labels.npy", y.numpy())
     return {"dir": d, "model": model, "x": d / "attack_dataset.npy", "y": d / "labels.npy"}
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    argv = sys.argv
-    sys.argv = ["aegis", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def base(files, out: Path, *extra: str) -> list[str]:
@@ -56,10 +42,9 @@ def base(files, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_targeted_scenario_end_to_end(files, capsys, tmp_path) -> None:
+def test_targeted_scenario_end_to_end(files, cli, tmp_path) -> None:
     out = tmp_path / "run"
-    code, text, err = run(
-        capsys,
+    code, text, err = cli(
         *base(
             files,
             out,
@@ -91,7 +76,7 @@ def test_targeted_scenario_end_to_end(files, capsys, tmp_path) -> None:
         assert np.abs(z["x_adv"] - z["x"]).max() <= 0.6 + 1e-6
 
 
-def test_gate_exit_code(files, capsys, tmp_path) -> None:
+def test_gate_exit_code(files, cli, tmp_path) -> None:
     args = base(
         files,
         tmp_path / "g",
@@ -103,10 +88,9 @@ def test_gate_exit_code(files, capsys, tmp_path) -> None:
         "0.5",
         "--gate",
     )
-    code, text, _ = run(capsys, *args)
+    code, text, _ = cli(*args)
     assert code == EXIT_GATE and "SUCCEEDS" in text
-    code, text, _ = run(
-        capsys,
+    code, text, _ = cli(
         *base(
             files,
             tmp_path / "h",
@@ -122,10 +106,9 @@ def test_gate_exit_code(files, capsys, tmp_path) -> None:
     assert code == EXIT_OK and "FAILS" in text
 
 
-def test_untargeted_l2_and_l1(files, capsys, tmp_path) -> None:
+def test_untargeted_l2_and_l1(files, cli, tmp_path) -> None:
     for norm, eps in (("l2", "2"), ("l1", "10")):
-        code, text, err = run(
-            capsys,
+        code, text, err = cli(
             *base(files, tmp_path / norm, "--norm", norm, "--eps", eps, "--attack", "mifgsm"),
         )
         assert code == EXIT_OK, err
@@ -266,8 +249,8 @@ BAD = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))
-def test_bad_input_one_line_exit_1_nothing_written(files, capsys, tmp_path, kind) -> None:
-    code, _, err = run(capsys, *_bad(files, tmp_path, kind))
+def test_bad_input_one_line_exit_1_nothing_written(files, cli, tmp_path, kind) -> None:
+    code, _, err = cli(*_bad(files, tmp_path, kind))
     assert code == EXIT_ERROR, err
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1, err
@@ -276,17 +259,17 @@ def test_bad_input_one_line_exit_1_nothing_written(files, capsys, tmp_path, kind
     assert not (tmp_path / "bad" / "results.json").exists()
 
 
-def test_listing_commands(capsys) -> None:
-    code, text, _ = run(capsys, "attacks")
+def test_listing_commands(cli) -> None:
+    code, text, _ = cli("attacks")
     assert code == EXIT_OK
     for name in ("fgsm", "bim", "pgd", "mifgsm"):
         assert name in text
-    code, text, _ = run(capsys, "datasets")
+    code, text, _ = cli("datasets")
     assert code == EXIT_OK and "mnist" in text and "digits" in text
 
 
-def test_help_reads_like_a_manual(capsys) -> None:
-    code, text, _ = run(capsys, "attack", "--help")
+def test_help_reads_like_a_manual(cli) -> None:
+    code, text, _ = cli("attack", "--help")
     assert code == EXIT_OK
     for word in (
         "--iterations",

@@ -8,7 +8,6 @@ targeted PGD toward class 5, step 0.01, 100 iterations, 90% success required.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from aegis.cli import EXIT_GATE, main
+from aegis.cli import EXIT_GATE
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -26,22 +25,8 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return x, d.target.astype(np.int64)
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    argv, sys.argv = sys.argv, ["aegis", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def scenario(capsys, model: Path, data: Path, labels: Path, out: Path) -> dict[str, object]:
-    code, text, err = run(
-        capsys,
+def scenario(cli, model: Path, data: Path, labels: Path, out: Path) -> dict[str, object]:
+    code, text, err = cli(
         "attack",
         str(model),
         str(data),
@@ -113,17 +98,17 @@ def user_files(tmp_path_factory) -> dict[str, Path]:
     return {"dir": d, "x": d / "attack_dataset.npy", "y": d / "labels.npy"}
 
 
-def test_torchscript(user_files, capsys, tmp_path) -> None:
+def test_torchscript(user_files, cli, tmp_path) -> None:
     res = scenario(
-        capsys, user_files["dir"] / "model.pt", user_files["x"], user_files["y"], tmp_path / "ts"
+        cli, user_files["dir"] / "model.pt", user_files["x"], user_files["y"], tmp_path / "ts"
     )
     assert res["data"]["provenance"]["layout"] == "NHWC"
 
 
-def test_onnx(user_files, capsys, tmp_path) -> None:
+def test_onnx(user_files, cli, tmp_path) -> None:
     pytest.importorskip("onnx")
     res = scenario(
-        capsys,
+        cli,
         user_files["dir"] / "model.onnx",
         user_files["x"],
         user_files["y"],
@@ -132,7 +117,7 @@ def test_onnx(user_files, capsys, tmp_path) -> None:
     assert res["model"]["differentiable"] is True
 
 
-def test_keras(user_files, capsys, tmp_path, monkeypatch) -> None:
+def test_keras(user_files, cli, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("KERAS_BACKEND", "torch")
     keras = pytest.importorskip("keras")
     keras.utils.set_random_seed(0)
@@ -152,5 +137,5 @@ def test_keras(user_files, capsys, tmp_path, monkeypatch) -> None:
     model.fit(x.astype("float32") / 255, y, epochs=15, batch_size=128, verbose=0)
     path = user_files["dir"] / "model.keras"
     model.save(path)
-    res = scenario(capsys, path, user_files["x"], user_files["y"], tmp_path / "keras")
+    res = scenario(cli, path, user_files["x"], user_files["y"], tmp_path / "keras")
     assert res["model"]["layout"] == "NHWC"

@@ -90,27 +90,6 @@ def _targets(text: str | None) -> Any:
         raise ConfigError(f"cannot read targets from {path}: {exc}") from exc
 
 
-def _progress_bar(total: int, label: str) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    )
-
-
 @app.command(no_args_is_help=True)
 def attack(
     model: Annotated[
@@ -236,6 +215,7 @@ def attack(
     """
     from aegis.api import run_attack
     from aegis.io import rundir
+    from aegis.progress import progress_bar
 
     model_options: dict[str, Any] = {
         "num_classes": num_classes,
@@ -270,9 +250,9 @@ def attack(
 
     def loaded(clf: Any, ds: Any) -> None:
         nonlocal bar, task
-        bar = _progress_bar(len(ds), f"{attack_name} {norm} ε={eps}")
+        bar = progress_bar(enabled=sys.stderr.isatty())
         bar.start()
-        task = bar.add_task("attack", total=len(ds))
+        task = bar.add_task(f"{attack_name} {norm} ε={eps}", total=len(ds))
 
     try:
         run = run_attack(

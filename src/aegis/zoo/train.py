@@ -34,6 +34,7 @@ from aegis.errors import ConfigError, ModelError
 from aegis.io.data import BUILTINS, load_dataset
 from aegis.io.sidecar import METADATA_KEYS, read_sidecar, write_sidecar
 from aegis.model import Classifier, ModelInfo
+from aegis.progress import progress_bar
 from aegis.threat import ThreatModel
 from aegis.zoo.architectures import ARCHITECTURES, DATASET_ARCH
 
@@ -265,15 +266,6 @@ def _build(params: dict[str, Any]) -> tuple[nn.Module, ModelInfo]:
 def _fit(
     module: nn.Module, info: ModelInfo, params: dict[str, Any], *, progress: bool
 ) -> tuple[float, float | None, dict[str, object] | None]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     seed = params["seed"]
     train = load_dataset(params["dataset"], split="train")
     x, y = train.tensors()
@@ -289,16 +281,8 @@ def _fit(
     clf = Classifier(module, info, freeze=False, name=params["arch"])
     adversarial = bool(params["adversarial"])
     ramp_steps = params["eps_ramp"] * total if adversarial else 0.0
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     step = 0
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with progress_bar(enabled=progress, transient=False, status=True) as bar:
         task = bar.add_task(f"train {params['arch']}", total=total, status="")
         for epoch in range(epochs):
             perm = torch.randperm(n, generator=shuffle)
