@@ -53,6 +53,8 @@ def register(
             name, cls, norms, targeted, needs_gradients, paper, doc[0] if doc else ""
         )
         cls.registry_name = name
+        cls.norms = norms  # the registry's metadata is what the base class enforces
+        cls.needs_gradients = needs_gradients
         return cls
 
     return deco
