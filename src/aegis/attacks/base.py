@@ -54,6 +54,29 @@ def ce_loss(y: Tensor, targets: Tensor | None) -> LossFn:
     return lambda logits: -F.cross_entropy(logits, targets, reduction="none")
 
 
+def dlr_loss(y: Tensor, targets: Tensor | None) -> LossFn:
+    """Difference of Logits Ratio to maximize (Croce & Hein 2020): invariant to shifting and
+    rescaling the logits. Untargeted: −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3); targeted:
+    −(z_y − z_t) / (z_π1 − (z_π3 + z_π4) / 2), with π the logits sorted in decreasing order."""
+
+    def untargeted(z: Tensor) -> Tensor:
+        s = z.sort(dim=1, descending=True).values
+        zy = z.gather(1, y[:, None]).squeeze(1)
+        other = z.scatter(1, y[:, None], float("-inf")).amax(1)
+        return -(zy - other) / (s[:, 0] - s[:, 2] + 1e-12)
+
+    def targeted(z: Tensor, t: Tensor) -> Tensor:
+        s = z.sort(dim=1, descending=True).values
+        zy = z.gather(1, y[:, None]).squeeze(1)
+        zt = z.gather(1, t[:, None]).squeeze(1)
+        return -(zy - zt) / (s[:, 0] - (s[:, 2] + s[:, 3]) / 2 + 1e-12)
+
+    if targets is None:
+        return untargeted
+    goal = targets
+    return lambda z: targeted(z, goal)
+
+
 def is_adversarial(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
     pred = logits.argmax(1)
     return pred == targets if targets is not None else pred != y
