@@ -116,118 +116,43 @@ def test_untargeted_l2_and_l1(files, cli, tmp_path) -> None:
 
 
 def _bad(files, tmp: Path, kind: str) -> list[str]:
-    d = files["dir"]
+    """The command line for one kind of bad input (writing the bad file it needs)."""
     out = tmp / "bad"
     x = np.load(files["x"])
     y = np.load(files["y"])
-    if kind == "shape":
-        np.save(tmp / "x.npy", x[:, :6, :6])
-        return [
-            "attack",
-            str(files["model"]),
-            str(tmp / "x.npy"),
-            "--labels",
-            str(files["y"]),
-            "--input-shape",
-            "1,8,8",
-            "--out",
-            str(out),
-        ]
-    if kind == "channels":
-        np.save(tmp / "x.npy", np.repeat(x, 3, axis=3))
-        return [
-            "attack",
-            str(files["model"]),
-            str(tmp / "x.npy"),
-            "--labels",
-            str(files["y"]),
-            "--input-shape",
-            "1,8,8",
-            "--out",
-            str(out),
-        ]
-    if kind == "nan":
-        xf = x.astype(np.float32) / 255
-        xf[0, 0, 0, 0] = np.nan
-        np.save(tmp / "x.npy", xf)
-        return [
-            "attack",
-            str(files["model"]),
-            str(tmp / "x.npy"),
-            "--labels",
-            str(files["y"]),
-            "--input-shape",
-            "1,8,8",
-            "--out",
-            str(out),
-        ]
-    if kind == "range":
-        np.save(tmp / "x.npy", x.astype(np.float32) * 4.0 - 7.5)
-        return [
-            "attack",
-            str(files["model"]),
-            str(tmp / "x.npy"),
-            "--labels",
-            str(files["y"]),
-            "--input-shape",
-            "1,8,8",
-            "--out",
-            str(out),
-        ]
-    if kind == "labels-range":
-        np.save(tmp / "y.npy", y + 7)
-        return [
-            "attack",
-            str(files["model"]),
-            str(files["x"]),
-            "--labels",
-            str(tmp / "y.npy"),
-            "--input-shape",
-            "1,8,8",
-            "--out",
-            str(out),
-        ]
-    if kind == "labels-length":
-        np.save(tmp / "y.npy", y[:10])
-        return [
-            "attack",
-            str(files["model"]),
-            str(files["x"]),
-            "--labels",
-            str(tmp / "y.npy"),
-            "--input-shape",
-            "1,8,8",
-            "--out",
-            str(out),
-        ]
-    if kind == "output-width":
-        return [*base(files, out), "--num-classes", "5"]
-    if kind == "corrupt":
-        (tmp / "m.pt").write_bytes(files["model"].read_bytes()[:300])
-        return [
-            "attack",
-            str(tmp / "m.pt"),
-            str(files["x"]),
-            "--labels",
-            str(files["y"]),
-            "--input-shape",
-            "1,8,8",
-            "--out",
-            str(out),
-        ]
-    if kind == "unknown-attack":
-        return [*base(files, out), "--attack", "pgdd"]
-    if kind == "eps":
-        return [*base(files, out), "--eps", "-0.1"]
-    if kind == "steps":
-        return [*base(files, out), "--steps", "0"]
-    if kind == "target":
-        return [*base(files, out), "--target", "3"]
-    if kind == "threshold":
-        return [*base(files, out), "--success-threshold", "90"]
+    model, data, labels = files["model"], files["x"], files["y"]
     if kind == "missing":
-        return ["attack", str(d / "nope.onnx"), str(files["x"]), "--out", str(out)]
-    raise AssertionError(kind)
+        return ["attack", str(files["dir"] / "nope.onnx"), str(data), "--out", str(out)]
+    bad_x = {
+        "shape": lambda: x[:, :6, :6],
+        "channels": lambda: np.repeat(x, 3, axis=3),
+        "nan": lambda: np.where(np.arange(x.size).reshape(x.shape) == 0, np.nan, x / 255),
+        "range": lambda: x.astype(np.float32) * 4.0 - 7.5,
+    }
+    bad_y = {"labels-range": lambda: y + 7, "labels-length": lambda: y[:10]}
+    flags = {
+        "output-width": ["--num-classes", "5"],
+        "unknown-attack": ["--attack", "pgdd"],
+        "eps": ["--eps", "-0.1"],
+        "steps": ["--steps", "0"],
+        "target": ["--target", "3"],
+        "threshold": ["--success-threshold", "90"],
+    }
+    if kind in bad_x:
+        data = tmp / "x.npy"
+        np.save(data, bad_x[kind]())
+    elif kind in bad_y:
+        labels = tmp / "y.npy"
+        np.save(labels, bad_y[kind]())
+    elif kind == "corrupt":
+        model = tmp / "m.pt"
+        model.write_bytes(files["model"].read_bytes()[:300])
+    elif kind not in flags:
+        raise AssertionError(kind)
+    return [
+        "attack", str(model), str(data), "--labels", str(labels), "--input-shape", "1,8,8",
+        "--out", str(out), *flags.get(kind, []),
+    ]  # fmt: skip
 
 
 BAD = {
