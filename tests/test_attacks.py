@@ -246,3 +246,19 @@ def test_apgd_dlr_targeted_and_class_count(digits_model, tiny, data) -> None:
     xs, ys = data
     with pytest.raises(ConfigError, match="at least 4 classes"):
         create("apgd-dlr")(tiny, xs, ys, threat, targets=torch.zeros_like(ys))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_t_not_weaker_than_apgd_dlr(digits_model, norm) -> None:
+    """APGD-T's first target is the runner-up class, the direction untargeted DLR mostly takes;
+    eight more targets can only add successes."""
+    model, x, y = digits_model
+    threat = ThreatModel(norm, {"linf": 0.08, "l2": 0.6}[norm])
+
+    def acc(name: str) -> float:
+        x_adv = create(name, steps=30)(
+            model, x, y, threat, generator=torch.Generator().manual_seed(0)
+        )
+        return (model.predict(x_adv) == y).float().mean().item()
+
+    assert acc("apgd-t") <= acc("apgd-dlr") + 0.01

@@ -1,10 +1,10 @@
 """Evasion attacks. Importing this package registers the built-in attacks."""
 
-from aegis.attacks.apgd import APGD, APGDCE, APGDDLR
+from aegis.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT
 from aegis.attacks.base import Attack
 from aegis.attacks.bim import BIM
 from aegis.attacks.fgsm import FGSM
 from aegis.attacks.mifgsm import MIFGSM
 from aegis.attacks.pgd import PGD
 
-__all__ = ["APGD", "APGDCE", "APGDDLR", "BIM", "FGSM", "MIFGSM", "PGD", "Attack"]
+__all__ = ["APGD", "APGDCE", "APGDDLR", "APGDT", "BIM", "FGSM", "MIFGSM", "PGD", "Attack"]

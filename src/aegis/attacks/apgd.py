@@ -16,6 +16,7 @@ the first adversarial iterate found, else the iterate with the highest loss.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ from aegis.errors import ConfigError
 from aegis.model import Classifier
 from aegis.registry import register
 from aegis.threat import ThreatModel
+
+log = logging.getLogger(__name__)
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -112,16 +115,22 @@ class APGD(Attack):
         threat: ThreatModel,
         generator: torch.Generator | None,
         random: bool,
+        *,
+        loss: str | None = None,
+        any_error: bool = False,
     ) -> tuple[Tensor, Tensor]:
+        """One APGD run; ``loss`` overrides the attack's, ``any_error`` counts any
+        misclassification as success (APGD-T: targets steer the loss, not the goal)."""
         bounds = model.bounds
         n = x.shape[0]
         view = (-1, *([1] * (x.ndim - 1)))
-        loss_fn = ce_loss(y, t) if self.loss == "ce" else dlr_loss(y, t)
+        loss_fn = ce_loss(y, t) if (loss or self.loss) == "ce" else dlr_loss(y, t)
+        goal = None if any_error else t
         x_cur = threat.random_start(x, bounds, generator) if random else x.clone()
-        logits, loss, grad = model.value_and_grad(x_cur, loss_fn, rows=rows)
-        hit = is_adversarial(logits, y, t)
+        logits, loss_now, grad = model.value_and_grad(x_cur, loss_fn, rows=rows)
+        hit = is_adversarial(logits, y, goal)
         x_adv = x_cur.clone()
-        best_loss, x_best, grad_best = loss.clone(), x_cur.clone(), grad.clone()
+        best_loss, x_best, grad_best = loss_now.clone(), x_cur.clone(), grad.clone()
         eta = torch.full((n,), 2.0 * threat.eps, device=x.device, dtype=x.dtype)
         marks = set(checkpoints(self.steps))
         last_mark = 0
@@ -136,14 +145,14 @@ class APGD(Attack):
             x_next = threat.project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, bounds)
             x_prev = x_cur
             x_cur = x_next
-            logits, loss, grad = model.value_and_grad(x_cur, loss_fn, rows=rows)
-            now = is_adversarial(logits, y, t)
+            logits, loss_now, grad = model.value_and_grad(x_cur, loss_fn, rows=rows)
+            now = is_adversarial(logits, y, goal)
             newly = now & ~hit
             x_adv = torch.where(newly.view(view), x_cur, x_adv)
             hit |= now
-            improved = loss > best_loss
+            improved = loss_now > best_loss
             increases += improved.float()
-            best_loss = torch.where(improved, loss, best_loss)
+            best_loss = torch.where(improved, loss_now, best_loss)
             x_best = torch.where(improved.view(view), x_cur, x_best)
             grad_best = torch.where(improved.view(view), grad, grad_best)
             if k + 1 in marks:
@@ -177,3 +186,72 @@ class APGDDLR(APGD):
     """Auto-PGD on the scale-invariant DLR loss (Croce & Hein 2020); needs ≥ 3 classes."""
 
     loss: str = "dlr"
+
+
+@register("apgd-t", norms=("linf", "l2"), paper="https://arxiv.org/abs/2003.01690")
+@dataclass(frozen=True, kw_only=True)
+class APGDT(APGD):
+    """APGD-T: targeted DLR toward each of the top-k other classes in turn (Croce & Hein 2020).
+
+    Untargeted use (the AutoAttack component): for j = 2 … k + 1, the j-th most likely class
+    of the clean input becomes the target of one APGD run on the points not yet misclassified;
+    any misclassification counts as success. With ``targets`` given it is APGD with the
+    targeted loss. The targeted DLR needs 4 classes; below that the targeted CE loss is used.
+    """
+
+    loss: str = "dlr"
+    target_classes: int = 9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target_classes < 1:
+            raise ConfigError(f"target_classes must be >= 1, got {self.target_classes}")
+
+    def run(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        *,
+        targets: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        loss = self.loss if model.num_classes >= 4 else "ce"
+        if loss != self.loss:
+            log.info("apgd-t: %d classes, targeted DLR undefined; using CE", model.num_classes)
+        if targets is not None:
+            return APGD(
+                loss=loss,
+                steps=self.steps,
+                restarts=self.restarts,
+                rho=self.rho,
+                momentum=self.momentum,
+                random_start=self.random_start,
+            ).run(model, x, y, threat, targets=targets, generator=generator)
+        order = model.logits(x).argsort(1, descending=True)
+        x_out = x.clone()
+        found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for j in range(1, min(self.target_classes, model.num_classes - 1) + 1):
+            for restart in range(self.restarts):
+                idx = (~found).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    return x_out
+                t = order[idx, j]
+                # A misclassified input's ranking may put its true class here: aim at the top.
+                t = torch.where(t == y[idx], order[idx, 0], t)
+                adv, hit = self._one_run(
+                    model,
+                    x[idx],
+                    y[idx],
+                    t,
+                    idx,
+                    threat,
+                    generator,
+                    random=self.random_start or restart > 0,
+                    loss=loss,
+                    any_error=True,
+                )
+                x_out[idx] = adv
+                found[idx] = hit
+        return x_out
