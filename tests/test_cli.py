@@ -217,3 +217,13 @@ def test_entry_point_subprocess(files, tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "verdict:" in proc.stdout
+
+
+def test_ensemble_on_the_command_line(files, cli, tmp_path) -> None:
+    out = tmp_path / "ens"
+    code, _, err = cli(*base(files, out, "--attack", "fgsm,pgd", "--eps", "0.3", "--steps", "10"))
+    assert code == EXIT_OK, err
+    res = json.loads((out / "results.json").read_text())
+    assert [m["name"] for m in res["config"]["attack"]["members"]] == ["fgsm", "pgd"]
+    assert res["config"]["attack"]["members"][1]["steps"] == 10
+    assert sum(res["metrics"]["success"]["by_attack"]) == res["metrics"]["success"]["successes"]

@@ -114,3 +114,34 @@ def test_call_counts_exact(tiny, data) -> None:
     assert (r.forward_calls == 1 + r.attacked).all()
     early = evaluate(tiny, x, y, create("pgd", steps=20), ThreatModel("linf", 0.6)).records
     assert early.success.all() and (early.gradient_calls[early.attacked] < 20).all()
+
+
+def test_ensemble_keeps_per_sample_worst_case(tiny, data) -> None:
+    x, y = data
+    threat = ThreatModel("linf", 0.3)  # fgsm fools about a third, pgd about two thirds
+    weak = create("fgsm")
+    strong = create("pgd", steps=30)
+    alone = evaluate(tiny, x, y, weak, threat).records
+    both = evaluate(tiny, x, y, [weak, strong], threat)
+    r = both.records
+    assert both.config["attack"]["name"] == "fgsm+pgd"
+    # fgsm's successes are kept as they were; pgd ran only where fgsm failed
+    assert (r.attack_index[alone.success] == 0).all()
+    assert (r.success == (r.attack_index >= 0)).all()
+    assert set(np.unique(r.attack_index[r.success])) <= {0, 1}
+    assert r.success.sum() > alone.success.sum() > 0
+    assert (r.gradient_calls[alone.success] == 1).all()
+    by = metrics.success_rate(r)["by_attack"]
+    assert sum(by) == r.success.sum() and by[0] == alone.success.sum()
+    with pytest.raises(ConfigError, match="at least one attack"):
+        evaluate(tiny, x, y, [], threat)
+
+
+def test_ensemble_from_names() -> None:
+    from aegis.registry import create_all
+
+    members = create_all("pgd,apgd-ce", steps=5, restarts=2)
+    assert [m.registry_name for m in members] == ["pgd", "apgd-ce"]
+    assert all(m.steps == 5 and m.restarts == 2 for m in members)
+    with pytest.raises(ConfigError, match="has parameter decay"):
+        create_all("pgd,apgd-ce", decay=0.5)

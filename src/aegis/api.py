@@ -18,7 +18,7 @@ from aegis.io import rundir
 from aegis.io.data import Dataset, load_dataset
 from aegis.metrics import summarize
 from aegis.model import Classifier
-from aegis.registry import create
+from aegis.registry import create_all
 from aegis.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def run_attack(
     data: Dataset | str | Path | tuple[np.ndarray, np.ndarray],
     *,
     labels: str | Path | None = None,
-    attack: str = "pgd",
+    attack: str | list[str] = "pgd",
     norm: str = "linf",
     eps: float = 0.3,
     targets: int | np.ndarray | None = None,
@@ -126,14 +126,16 @@ def run_attack(
 
     ``model`` is a Classifier or a model file; ``data`` a Dataset, a file / folder / built-in
     name, or ``(x, y)`` arrays (NCHW floats). ``attack_params`` are the attack's
-    hyper-parameters (``steps``, ``step_size``, ``restarts``, ...).
+    hyper-parameters (``steps``, ``step_size``, ``restarts``, ...). ``attack`` may name an
+    ensemble (``"apgd-ce,apgd-t"`` or a list): each member runs only on the points the earlier
+    ones failed on, and each point keeps its first success.
     """
     if success_threshold is not None and not 0 <= success_threshold <= 1:
         raise ConfigError(
             f"success threshold must be a share in [0, 1], got {success_threshold} "
             "(write 0.9 for 90%)"
         )
-    algo = create(attack, **attack_params)
+    algo = create_all(attack, **attack_params)
     threat = ThreatModel(norm, eps, targeted=targets is not None)
     dataset = _as_dataset(data, labels, dict(data_options or {}))
     if limit is not None:

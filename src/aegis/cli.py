@@ -112,7 +112,14 @@ def attack(
         str | None, typer.Option("--labels", "-y", help="Labels .npy for a .npy data file.")
     ] = None,
     attack_name: Annotated[
-        str, typer.Option("--attack", "-a", help="Attack name (`aegis attacks`).")
+        str,
+        typer.Option(
+            "--attack",
+            "-a",
+            help="Attack name (`aegis attacks`), or a comma-separated ensemble such as "
+            "apgd-ce,apgd-t: each runs on the points the earlier ones failed on, and each "
+            "point keeps its first success.",
+        ),
     ] = "pgd",
     norm: Annotated[str, typer.Option(help="Threat norm: linf, l2 or l1.")] = "linf",
     eps: Annotated[
@@ -235,7 +242,11 @@ def attack(
         data_options["layout"] = data_layout
     if gate and success_threshold is None:
         raise ConfigError("--gate needs --success-threshold (e.g. 0.9)")
-    out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), attack_name)
+    out_dir = (
+        out
+        if out is not None
+        else rundir.default_run_dir(Path("runs"), attack_name.replace(",", "+"))
+    )
     params = {
         "steps": steps,
         "step_size": step_size,

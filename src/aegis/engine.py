@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +69,7 @@ def evaluate(
     model: Classifier,
     x: np.ndarray | Tensor,
     y: np.ndarray | Tensor,
-    attack: Attack,
+    attack: Attack | Sequence[Attack],
     threat: ThreatModel,
     *,
     targets: int | np.ndarray | Tensor | None = None,
@@ -81,6 +81,9 @@ def evaluate(
     """Attack ``x`` in batches and record, per sample, predictions, success, norms and calls.
 
     Args:
+        attack: one attack, or an ensemble run in order; each member runs only on the points
+            every earlier member failed on, and each point keeps its first success
+            (``Records.attack_index`` names the member).
         targets: None (untargeted), one class for every input, or one class per input.
         attack_misclassified: also attack points the model already gets wrong.
         progress: called with the number of samples finished after every batch.
@@ -99,6 +102,9 @@ def evaluate(
     if not torch.is_floating_point(xt):
         raise DataError(f"inputs must be floating point in the model's bounds, got {xt.dtype}")
     model.check_input(xt[:1] if n else xt.new_zeros((1, *model.input_shape)))
+    attacks = [attack] if isinstance(attack, Attack) else list(attack)
+    if not attacks:
+        raise ConfigError("an ensemble needs at least one attack")
     tgt = resolve_targets(targets, n, model.num_classes)
     if (tgt is not None) != threat.targeted:
         threat = ThreatModel(threat.norm, threat.eps, targeted=tgt is not None)
@@ -115,7 +121,7 @@ def evaluate(
         yb = yt[start : start + bs].to(model.device)
         tb = None if tgt is None else torch.from_numpy(tgt[start : start + bs]).to(model.device)
         rec, xb_adv = _run_batch(
-            model, xb, yb, tb, attack, threat, seed, start, attack_misclassified
+            model, xb, yb, tb, attacks, threat, seed, start, attack_misclassified
         )
         rec.index = np.arange(start, start + xb.shape[0])
         rec.seconds = np.full(xb.shape[0], (time.perf_counter() - t0) / xb.shape[0])
@@ -126,7 +132,14 @@ def evaluate(
     records = Records.concat(parts)
     x_adv = np.concatenate(advs) if advs else np.zeros((0, *model.input_shape), np.float32)
     config = {
-        "attack": attack.to_dict(),
+        "attack": (
+            attacks[0].to_dict()
+            if len(attacks) == 1
+            else {
+                "name": "+".join(a.registry_name for a in attacks),
+                "members": [a.to_dict() for a in attacks],
+            }
+        ),
         "threat": threat.to_dict(),
         "targets": None
         if tgt is None
@@ -143,7 +156,7 @@ def _run_batch(
     x: Tensor,
     y: Tensor,
     targets: Tensor | None,
-    attack: Attack,
+    attacks: list[Attack],
     threat: ThreatModel,
     seed: int,
     start: int,
@@ -158,15 +171,24 @@ def _run_batch(
     mask = eligible if attack_misclassified else eligible & (clean_pred == y)
     x_adv = x.clone()
     adv_pred = clean_pred.clone()
+    by = torch.full((m,), -1, dtype=torch.long, device=x.device)
     idx = mask.nonzero().squeeze(1)
-    if idx.numel():
-        generator = torch.Generator(device=x.device).manual_seed(batch_seed(seed, start))
+    generator = torch.Generator(device=x.device).manual_seed(batch_seed(seed, start))
+    for number, attack in enumerate(attacks):
+        # Each attack of an ensemble runs only on the points every earlier one failed on.
+        idx = idx[by[idx] < 0]
+        if idx.numel() == 0:
+            break
         sub_t = None if targets is None else targets[idx]
         with model.counting(idx.numel()) as sub:
             out = attack(model, x[idx], y[idx], threat, targets=sub_t, generator=generator)
-            adv_pred[idx] = model.logits(out).argmax(1)
+            pred = model.logits(out).argmax(1)
         _audit(out, x[idx], threat, model.bounds, attack)
+        won = (pred == sub_t) if sub_t is not None else (pred != y[idx])
+        # The first success is kept; a failed point keeps the last attack's output.
         x_adv[idx] = out
+        adv_pred[idx] = pred
+        by[idx[won]] = number
         rows = idx.cpu().numpy()
         forward[rows] += sub.forward
         gradient[rows] += sub.gradient
@@ -181,6 +203,7 @@ def _run_batch(
         eligible=eligible.cpu().numpy(),
         attacked=mask.cpu().numpy(),
         success=success.cpu().numpy(),
+        attack_index=by.cpu().numpy(),
         l0=norms(delta, "l0").cpu().double().numpy(),
         l1=norms(delta, "l1").cpu().double().numpy(),
         l2=norms(delta, "l2").cpu().double().numpy(),

@@ -39,6 +39,7 @@ def success_rate(rec: Records) -> dict[str, Any]:
         "clean_correct": int(correct.sum()),
         "excluded_target": int((~rec.eligible).sum()),
         "skipped_misclassified": int((rec.eligible & ~correct & ~rec.attacked).sum()),
+        "by_attack": np.bincount(rec.attack_index[rec.attack_index >= 0]).tolist(),
     }
 
 

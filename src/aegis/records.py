@@ -30,6 +30,7 @@ class Records:
     eligible: np.ndarray
     attacked: np.ndarray
     success: np.ndarray
+    attack_index: np.ndarray  # which member of an ensemble succeeded first; −1 for none
     l0: np.ndarray
     l1: np.ndarray
     l2: np.ndarray
@@ -74,6 +75,7 @@ _DTYPES: dict[str, type] = {
     "eligible": np.bool_,
     "attacked": np.bool_,
     "success": np.bool_,
+    "attack_index": np.int64,
     "l0": np.float64,
     "l1": np.float64,
     "l2": np.float64,

@@ -81,6 +81,25 @@ def get_spec(name: str) -> AttackSpec:
     return _ATTACKS[name]
 
 
+def create_all(names: str | list[str], **params: Any) -> list[Attack]:
+    """Build an ensemble from names (a list or ``"a,b,c"``); each member takes the ``params``
+    it has, and a parameter no member has is an error."""
+    wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    if not wanted or not all(wanted):
+        raise ConfigError(f"attack names must be non-empty, got {names!r}")
+    given = {k: v for k, v in params.items() if v is not None}
+    specs = [get_spec(n) for n in wanted]
+    unused = sorted(set(given) - {p for s in specs for p in s.parameters()})
+    if unused:
+        raise ConfigError(
+            f"no attack of {', '.join(wanted)} has parameter {', '.join(unused)}; "
+            "`aegis attacks` lists each attack's parameters"
+        )
+    return [
+        create(s.name, **{k: v for k, v in given.items() if k in s.parameters()}) for s in specs
+    ]
+
+
 def create(name: str, **params: Any) -> Attack:
     """Build the attack registered as ``name``; ``None`` values keep the defaults."""
     spec = get_spec(name)
