@@ -86,10 +86,28 @@ class APGD(Attack):
             )
         x_out = x.clone()
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self._restarts(model, x, y, targets, threat, generator, x_out, found)
+        return x_out
+
+    def _restarts(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator | None,
+        x_out: Tensor,
+        found: Tensor,
+        *,
+        loss: str | None = None,
+        any_error: bool = False,
+    ) -> None:
+        """Run the restarts on the points not yet ``found``, updating ``x_out`` and ``found``."""
         for restart in range(self.restarts):
             idx = (~found).nonzero().squeeze(1)
             if idx.numel() == 0:
-                break
+                return
             t = None if targets is None else targets[idx]
             adv, hit = self._one_run(
                 model,
@@ -100,10 +118,11 @@ class APGD(Attack):
                 threat,
                 generator,
                 random=self.random_start or restart > 0,
+                loss=loss,
+                any_error=any_error,
             )
             x_out[idx] = adv
             found[idx] = hit
-        return x_out
 
     def _one_run(
         self,
@@ -220,38 +239,16 @@ class APGDT(APGD):
         loss = self.loss if model.num_classes >= 4 else "ce"
         if loss != self.loss:
             log.info("apgd-t: %d classes, targeted DLR undefined; using CE", model.num_classes)
-        if targets is not None:
-            return APGD(
-                loss=loss,
-                steps=self.steps,
-                restarts=self.restarts,
-                rho=self.rho,
-                momentum=self.momentum,
-                random_start=self.random_start,
-            ).run(model, x, y, threat, targets=targets, generator=generator)
-        order = model.logits(x).argsort(1, descending=True)
         x_out = x.clone()
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        if targets is not None:
+            self._restarts(model, x, y, targets, threat, generator, x_out, found, loss=loss)
+            return x_out
+        order = model.logits(x).argsort(1, descending=True)
         for j in range(1, min(self.target_classes, model.num_classes - 1) + 1):
-            for restart in range(self.restarts):
-                idx = (~found).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    return x_out
-                t = order[idx, j]
-                # A misclassified input's ranking may put its true class here: aim at the top.
-                t = torch.where(t == y[idx], order[idx, 0], t)
-                adv, hit = self._one_run(
-                    model,
-                    x[idx],
-                    y[idx],
-                    t,
-                    idx,
-                    threat,
-                    generator,
-                    random=self.random_start or restart > 0,
-                    loss=loss,
-                    any_error=True,
-                )
-                x_out[idx] = adv
-                found[idx] = hit
+            # A misclassified input's ranking may put its true class here: aim at the top.
+            t = torch.where(order[:, j] == y, order[:, 0], order[:, j])
+            self._restarts(
+                model, x, y, t, threat, generator, x_out, found, loss=loss, any_error=True
+            )
         return x_out
