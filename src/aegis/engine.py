@@ -102,6 +102,14 @@ def evaluate(
     if not torch.is_floating_point(xt):
         raise DataError(f"inputs must be floating point in the model's bounds, got {xt.dtype}")
     model.check_input(xt[:1] if n else xt.new_zeros((1, *model.input_shape)))
+    if not torch.isfinite(xt).all():
+        raise DataError("inputs contain NaN or inf; clean the data before attacking")
+    lo, hi = model.bounds
+    if n and (xt.min() < lo - 1e-6 or xt.max() > hi + 1e-6):
+        raise DataError(
+            f"data values lie in [{xt.min().item():.4g}, {xt.max().item():.4g}] outside the "
+            f"model's bounds [{lo}, {hi}]; use --scale or --bounds"
+        )
     attacks = [attack] if isinstance(attack, Attack) else list(attack)
     if not attacks:
         raise ConfigError("an ensemble needs at least one attack")
