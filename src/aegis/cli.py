@@ -60,18 +60,6 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
         raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from exc
 
 
-def _shape(text: str | None) -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError as exc:
-        raise ConfigError(f"--input-shape must be C,H,W integers, got {text!r}") from exc
-    if len(values) != 3:
-        raise ConfigError(f"--input-shape must be C,H,W (three integers), got {text!r}")
-    return values[0], values[1], values[2]
-
-
 def _targets(text: str | None) -> Any:
     if text is None:
         return None
@@ -226,7 +214,7 @@ def attack(
 
     model_options: dict[str, Any] = {
         "num_classes": num_classes,
-        "input_shape": _shape(input_shape),
+        "input_shape": input_shape,
         "bounds": _floats(bounds, "--bounds"),
         "mean": _floats(mean, "--mean"),
         "std": _floats(std, "--std"),
