@@ -10,14 +10,22 @@ from hypothesis import strategies as st
 from aegis.errors import CapabilityError, ConfigError, DataError
 from aegis.model import Classifier, ModelInfo
 from aegis.registry import create, get_spec, list_attacks
-from aegis.threat import ThreatModel
+from aegis.threat import ThreatModel, norms
 
-EPS = {"linf": 0.3, "l2": 2.0, "l1": 8.0}
+EPS = {"linf": 0.3, "l2": 2.0, "l1": 8.0, "l0": 6.0}  # l0 counts changed pixels
+TARGETED_EPS = {"linf": 0.6, "l2": 5.0, "l1": 25.0, "l0": 40.0}
 CASES = [(s.name, norm) for s in list_attacks() for norm in s.norms]
+MINIMAL = [c for c in CASES if get_spec(c[0]).minimal and get_spec(c[0]).needs_gradients]
+BLACK_BOX = [c for c in CASES if not get_spec(c[0]).needs_gradients]
 
 
 def fast(name: str) -> dict[str, int]:
-    return {"steps": 10} if "steps" in get_spec(name).parameters() else {}
+    """Small budgets so the registry-wide tests run in seconds."""
+    params = get_spec(name).parameters()
+    out = {"steps": 10} if "steps" in params else {}
+    if "queries" in params:
+        out["queries"] = 200
+    return out
 
 
 @pytest.mark.parametrize(("name", "norm"), CASES)
@@ -58,15 +66,18 @@ def test_reproducible_with_seed(tiny, data, name, norm) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "norm"), [c for c in CASES if c[0] not in ("fgsm", "apgd-dlr")]
+    ("name", "norm"),
+    [c for c in CASES if get_spec(c[0]).targeted and c[0] not in ("fgsm", "apgd-dlr")],
 )  # targeted DLR needs >= 4 classes: tested on a 10-class model below
 def test_targeted_reaches_target(tiny, data, name, norm) -> None:
     x, y = data
     target = 2
     keep = y != target
     x, y = x[keep], y[keep]
-    threat = ThreatModel(norm, {"linf": 0.6, "l2": 5.0, "l1": 25.0}[norm], targeted=True)
+    threat = ThreatModel(norm, TARGETED_EPS[norm], targeted=True)
     params = {"steps": 60} if "steps" in get_spec(name).parameters() else {}
+    if "queries" in get_spec(name).parameters():
+        params["queries"] = 2000
     if "sparsity" in get_spec(name).parameters() and norm == "l1":
         params["sparsity"] = 0.9
     x_adv = create(name, **params)(
@@ -79,6 +90,72 @@ def test_targeted_reaches_target(tiny, data, name, norm) -> None:
     )
     hit = (tiny.predict(x_adv) == target).float().mean().item()
     assert hit >= 0.95, f"{name}/{norm} reached the target on only {hit:.0%}"
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a network and keeps every input it is asked about."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+@pytest.mark.parametrize(("name", "norm"), MINIMAL)
+def test_minimal_norm_returns_smallest_successful_iterate(tiny_net, data, name, norm) -> None:
+    """Run unbounded on one point at a time: of every input the attack evaluated that fooled
+    the model, none is closer to x than what the attack returns."""
+    x, y = data
+    for i in range(4):
+        rec = _Recorder(tiny_net)
+        model = Classifier(rec, ModelInfo(num_classes=3, input_shape=(1, 8, 8)))
+        xi, yi = x[i : i + 1], y[i : i + 1]
+        x_adv = create(name, **fast(name))(
+            model,
+            xi,
+            yi,
+            ThreatModel(norm, float("inf")),
+            generator=torch.Generator().manual_seed(0),
+        )
+        with torch.no_grad():
+            fooled = tiny_net(x_adv).argmax(1) != yi
+        seen = torch.cat(rec.seen)
+        with torch.no_grad():
+            adv_seen = seen[tiny_net(seen).argmax(1) != yi]
+        if not fooled.item():
+            assert torch.equal(x_adv, xi) or adv_seen.shape[0] == 0, (
+                f"{name}/{norm} evaluated an adversarial input but returned a failure"
+            )
+            continue
+        size = norms(x_adv - xi, norm).item()
+        smallest = norms(adv_seen - xi, norm).min().item()
+        assert size <= smallest * (1 + 1e-4) + 1e-6, f"{name}/{norm}: {size} > {smallest}"
+
+
+@pytest.mark.parametrize(("name", "norm"), BLACK_BOX)
+def test_black_box_runs_on_query_only_model(tiny_net, data, name, norm) -> None:
+    """A model with no gradients (numpy in, numpy out); queries are counted per sample."""
+    info = ModelInfo(num_classes=3, input_shape=(1, 8, 8))
+
+    def query(a):  # type: ignore[no-untyped-def]
+        with torch.no_grad():
+            return tiny_net(torch.from_numpy(a)).numpy()
+
+    model = Classifier(None, info, query_fn=query)
+    x, y = data
+    threat = ThreatModel(norm, TARGETED_EPS[norm])
+    with model.counting(x.shape[0]) as counter:
+        x_adv = create(name, **fast(name))(
+            model, x, y, threat, generator=torch.Generator().manual_seed(0)
+        )
+    assert threat.within(x_adv, x, model.bounds).all()
+    assert (model.predict(x_adv) != y).float().mean() >= 0.5
+    assert counter.forward.min() >= 1
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])

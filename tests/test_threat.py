@@ -71,6 +71,8 @@ def test_l0_projection_keeps_k_pixels() -> None:
     out = threat.project(torch.rand(2, 3, 4, 4), x, (0.0, 1.0))
     pixels = (out != 0).any(1).flatten(1).sum(1)
     assert (pixels <= 5).all()
+    assert torch.equal(norms(out - x, "l0"), pixels.float())
+    assert threat.within(out, x, (0.0, 1.0)).all()  # the budget counts pixels, not channels
 
 
 def test_norms() -> None:

@@ -25,6 +25,7 @@ class AttackSpec:
     needs_gradients: bool
     paper: str
     summary: str
+    minimal: bool = False
 
     def parameters(self) -> list[str]:
         return [f.name for f in fields(self.cls)]
@@ -40,8 +41,13 @@ def register(
     paper: str,
     targeted: bool = True,
     needs_gradients: bool = True,
+    minimal: bool = False,
 ) -> Callable[[A], A]:
-    """Class decorator: register an Attack under a lowercase kebab-case ``name``."""
+    """Class decorator: register an Attack under a lowercase kebab-case ``name``.
+
+    ``minimal`` marks a minimal-norm attack: run with ``eps = inf`` it returns each point's
+    smallest adversarial perturbation found, so one run gives the accuracy-vs-ε curve.
+    """
     if name != name.lower() or " " in name or "_" in name:
         raise ConfigError(f"attack names are lowercase kebab-case, got {name!r}")
 
@@ -50,11 +56,12 @@ def register(
             raise ConfigError(f"attack {name!r} is registered twice")
         doc = (cls.__doc__ or "").strip().splitlines()
         _ATTACKS[name] = AttackSpec(
-            name, cls, norms, targeted, needs_gradients, paper, doc[0] if doc else ""
+            name, cls, norms, targeted, needs_gradients, paper, doc[0] if doc else "", minimal
         )
         cls.registry_name = name
         cls.norms = norms  # the registry's metadata is what the base class enforces
         cls.needs_gradients = needs_gradients
+        cls.minimal = minimal
         return cls
 
     return deco

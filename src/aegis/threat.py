@@ -22,7 +22,10 @@ def flat(t: Tensor) -> Tensor:
 
 
 def norms(delta: Tensor, norm: str) -> Tensor:
-    """Per-sample norm of ``delta`` (shape (n,))."""
+    """Per-sample norm of ``delta`` (shape (n,)). ``l0`` counts changed pixels: on an NCHW
+    batch, a pixel whose channels change counts once, as in the L0 projection."""
+    if norm == "l0" and delta.ndim == 4:
+        return (delta != 0).any(1).flatten(1).sum(1).to(delta.dtype)
     d = flat(delta)
     if norm == "linf":
         return d.abs().amax(1) if d.shape[1] else d.new_zeros(d.shape[0])

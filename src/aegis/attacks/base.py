@@ -89,6 +89,7 @@ class Attack(ABC):
     registry_name: ClassVar[str] = ""
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
     needs_gradients: ClassVar[bool] = True
+    minimal: ClassVar[bool] = False
 
     def __call__(
         self,
