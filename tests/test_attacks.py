@@ -267,28 +267,6 @@ def test_apgd_checkpoints_golden() -> None:
     assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
 
 
-@pytest.fixture(scope="module")
-def digits_model() -> tuple[Classifier, torch.Tensor, torch.Tensor]:
-    """A 10-class MLP on sklearn's 8×8 digits (DLR needs ≥ 3 classes, targeted DLR ≥ 4)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images / 16, dtype=torch.float32)[:, None]
-    y = torch.tensor(d.target)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
-    )
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(200):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    model = Classifier(net.eval(), ModelInfo(num_classes=10, input_shape=(1, 8, 8)))
-    keep = model.predict(x[:300]) == y[:300]
-    return model, x[:300][keep], y[:300][keep]
-
-
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_apgd_strength(digits_model, norm) -> None:
     """APGD-CE is not weaker than PGD at equal steps; APGD-DLR is not weaker than FGSM.
