@@ -137,6 +137,10 @@ def _bad(files, tmp: Path, kind: str) -> list[str]:
         "steps": ["--steps", "0"],
         "target": ["--target", "3"],
         "threshold": ["--success-threshold", "90"],
+        "eps-text": ["--eps", "0.1;0.2"],
+        "param": ["--param", "steps"],
+        "param-unknown": ["-p", "overshoot=3"],
+        "suite-override": ["--attack", "standard", "--steps", "5"],
     }
     if kind in bad_x:
         data = tmp / "x.npy"
@@ -170,6 +174,10 @@ BAD = {
     "target": r"target class must be in [0, 2]",
     "threshold": "0.9 for 90%",
     "missing": "no such model file",
+    "eps-text": "comma-separated numbers",
+    "param": "NAME=VALUE",
+    "param-unknown": "has no parameter overshoot",
+    "suite-override": "published budgets",
 }
 
 
@@ -187,7 +195,7 @@ def test_bad_input_one_line_exit_1_nothing_written(files, cli, tmp_path, kind) -
 def test_listing_commands(cli) -> None:
     code, text, _ = cli("attacks")
     assert code == EXIT_OK
-    for name in ("fgsm", "bim", "pgd", "mifgsm"):
+    for name in ("fgsm", "bim", "pgd", "mifgsm", "apgd-ce", "standard", "fast", "minimal"):
         assert name in text
     code, text, _ = cli("datasets")
     assert code == EXIT_OK and "mnist" in text and "digits" in text
@@ -227,3 +235,21 @@ def test_ensemble_on_the_command_line(files, cli, tmp_path) -> None:
     assert [m["name"] for m in res["config"]["attack"]["members"]] == ["fgsm", "pgd"]
     assert res["config"]["attack"]["members"][1]["steps"] == 10
     assert sum(res["metrics"]["success"]["by_attack"]) == res["metrics"]["success"]["successes"]
+
+
+def test_eps_sweep_and_params(files, cli, tmp_path) -> None:
+    out = tmp_path / "sweep"
+    code, text, err = cli(
+        *base(files, out, "--attack", "pgd", "--eps", "0.3,0.05,0.15", "-p", "steps=8")
+    )
+    assert code == EXIT_OK, err
+    res = json.loads((out / "results.json").read_text())
+    assert [p["eps"] for p in res["sweep"]] == [0.05, 0.15, 0.3]
+    assert res["config"]["threat"]["eps"] == 0.3  # the headline is the largest budget
+    assert res["config"]["attack"]["steps"] == 8
+    accs = [p["metrics"]["adversarial_accuracy"] for p in res["sweep"]]
+    assert accs[0] >= accs[-1]
+    assert all(len(p["records"]["y"]) == 60 for p in res["sweep"])
+    assert (out / "curve.png").stat().st_size > 1000 and res["files"]["curve"] == "curve.png"
+    assert "accuracy under attack" in text and "0.15" in text
+    assert {f["name"] for f in res["sanity"]} >= {"probabilities", "eps-not-monotonic"}

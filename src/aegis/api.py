@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from aegis import sanity
+from aegis.attacks.base import Attack
 from aegis.engine import Evaluation, ProgressFn, evaluate
 from aegis.errors import ConfigError, DataError
 from aegis.io import rundir
 from aegis.io.data import Dataset, load_dataset
-from aegis.metrics import summarize
+from aegis.metrics import adversarial_accuracy, minimal_norms, summarize
 from aegis.model import Classifier
+from aegis.records import Records
 from aegis.registry import create_all
 from aegis.threat import ThreatModel
 
 log = logging.getLogger(__name__)
+
+DEFAULT_EPS = 0.3
+"""The budget when none is given to a bounded attack (MNIST's customary L∞ budget)."""
+
+PROBE = 64
+"""Clean inputs the model-probing sanity checks look at."""
 
 
 @dataclass
@@ -92,6 +102,17 @@ def check_compatible(model: Classifier, dataset: Dataset) -> np.ndarray:
     return y
 
 
+def _budgets(eps: float | str | Sequence[float] | None, minimal: bool) -> list[float]:
+    """The budgets to evaluate, ascending; a minimal-norm attack defaults to unbounded."""
+    if eps is None:
+        return [math.inf] if minimal else [DEFAULT_EPS]
+    values = [float(eps)] if isinstance(eps, (int, float, str)) else [float(e) for e in eps]
+    bad = [e for e in values if not e >= 0]  # also NaN
+    if not values or bad:
+        raise ConfigError(f"eps must be >= 0, got {bad[0] if bad else eps!r}")
+    return sorted(set(values))
+
+
 def run_attack(
     model: Classifier | str | Path,
     data: Dataset | str | Path | tuple[np.ndarray, np.ndarray],
@@ -99,7 +120,7 @@ def run_attack(
     labels: str | Path | None = None,
     attack: str | list[str] = "pgd",
     norm: str = "linf",
-    eps: float = 0.3,
+    eps: float | Sequence[float] | None = None,
     targets: int | np.ndarray | None = None,
     success_threshold: float | None = None,
     out: str | Path | None = None,
@@ -107,7 +128,7 @@ def run_attack(
     batch_size: int | None = None,
     attack_misclassified: bool = False,
     limit: int | None = None,
-    progress: ProgressFn | None = None,
+    progress: Callable[[int, int], None] | None = None,
     model_options: dict[str, Any] | None = None,
     data_options: dict[str, Any] | None = None,
     on_loaded: Callable[[Classifier, Dataset], None] | None = None,
@@ -118,16 +139,25 @@ def run_attack(
     ``model`` is a Classifier or a model file; ``data`` a Dataset, a file / folder / built-in
     name, or ``(x, y)`` arrays (NCHW floats). ``attack_params`` are the attack's
     hyper-parameters (``steps``, ``step_size``, ``restarts``, ...). ``attack`` may name an
-    ensemble (``"apgd-ce,apgd-t"`` or a list): each member runs only on the points the earlier
-    ones failed on, and each point keeps its first success.
+    ensemble (``"apgd-ce,apgd-t"``, a list, or a suite such as ``"standard"``): each member
+    runs only on the points the earlier ones failed on, and each point keeps its first success.
+
+    ``eps`` is one budget or several (a sweep: one evaluation per budget, the largest is the
+    headline). A minimal-norm attack (``fmn``, ``ddn``, ``cw``, ...) runs once, unbounded, and
+    every budget's numbers follow from each point's smallest perturbation; without ``eps`` it
+    reports the median minimal norm and the accuracy-vs-ε curve. ``progress`` is called with
+    (samples done, samples in all). Sanity checks run after the evaluation and are stored in
+    ``results["sanity"]``; any warning sign turns the verdict SUSPICIOUS.
     """
     if success_threshold is not None and not 0 <= success_threshold <= 1:
         raise ConfigError(
             f"success threshold must be a share in [0, 1], got {success_threshold} "
             "(write 0.9 for 90%)"
         )
-    algo = create_all(attack, **attack_params)
-    threat = ThreatModel(norm, eps, targeted=targets is not None)
+    algo = create_all(attack, norm=norm, **attack_params)
+    minimal = all(a.minimal for a in algo)
+    budgets = _budgets(eps, minimal)
+    ThreatModel(norm, budgets[0])  # validates the norm before anything is loaded
     dataset = _as_dataset(data, labels, dict(data_options or {}))
     if limit is not None:
         if limit < 1:
@@ -137,19 +167,48 @@ def run_attack(
     y = check_compatible(clf, dataset)
     if on_loaded is not None:
         on_loaded(clf, dataset)
-    ev = evaluate(
-        clf,
-        dataset.x,
-        y,
-        algo,
-        threat,
-        targets=targets,
-        batch_size=batch_size,
-        seed=seed,
-        attack_misclassified=attack_misclassified,
-        progress=progress,
-    )
-    metrics = summarize(ev.records, clf.num_classes, success_threshold)
+    n = len(dataset.x)
+    runs = [math.inf] if minimal else budgets
+    evals: list[Evaluation] = []
+    for number, e in enumerate(runs):
+        offset = number * n
+        evals.append(
+            evaluate(
+                clf,
+                dataset.x,
+                y,
+                algo,
+                ThreatModel(norm, e, targeted=targets is not None),
+                targets=targets,
+                batch_size=batch_size,
+                seed=seed,
+                attack_misclassified=attack_misclassified,
+                progress=_shifted(progress, offset, n * len(runs)),
+            )
+        )
+    if minimal:
+        unbounded = evals[0]
+        per_budget = [
+            (e, unbounded.records if math.isinf(e) else unbounded.records.within(norm, e))
+            for e in budgets
+        ]
+    else:
+        per_budget = [(e, ev.records) for e, ev in zip(budgets, evals, strict=True)]
+    head_eps, head = per_budget[-1]
+    x_adv = evals[-1].x_adv
+    found = None
+    if minimal:
+        lost = unbounded.records.success & ~head.success
+        x_adv = np.where(lost[:, None, None, None], dataset.x, x_adv)
+        r = unbounded.records
+        found = getattr(r, norm)[r.success]
+
+    flags = _sanity(clf, dataset, y, evals, algo, per_budget, norm, minimal)
+    names = sanity.raised(flags)
+    metrics = summarize(head, clf.num_classes, success_threshold, names)
+    config = dict(evals[-1].config)
+    config["threat"] = ThreatModel(norm, head_eps, targets is not None).to_dict()
+    config["minimal_norm"] = minimal
     results: dict[str, Any] = {
         "schema": rundir.SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -158,41 +217,133 @@ def run_attack(
         "seed": seed,
         "model": clf.describe(),
         "data": dataset.to_dict(),
-        "config": {**ev.config, "success_threshold": success_threshold},
+        "config": {**config, "success_threshold": success_threshold},
         "metrics": metrics,
-        "seconds": ev.seconds,
-        "records": ev.records.to_dict(),
+        "sanity": [f.to_dict() for f in flags],
+        "seconds": sum(ev.seconds for ev in evals),
+        "records": head.to_dict(),
         "files": {},
     }
+    if minimal:
+        finite = [e for e in budgets if not math.isinf(e)]
+        results["minimal"] = minimal_norms(unbounded.records, norm, finite or None)
+    if len(budgets) > 1:
+        results["sweep"] = [
+            {
+                "eps": e,
+                "metrics": summarize(rec, clf.num_classes, success_threshold, names),
+                **({} if minimal else {"records": rec.to_dict()}),
+            }
+            for e, rec in per_budget
+        ]
     out_dir = None
     if out is not None:
-        out_dir = rundir.prepare(Path(out))
-        rec = ev.records
-        rundir.write_npz(
-            out_dir / "samples.npz",
-            x=dataset.x,
-            x_adv=ev.x_adv,
-            y=rec.y,
-            clean_pred=rec.clean_pred,
-            adv_pred=rec.adv_pred,
-            target=rec.target,
+        out_dir = _write_run(
+            Path(out), results, dataset, head, x_adv, attack, norm, head_eps, targets, found
         )
-        from aegis.report.plots import save_grid
+    return AttackRun(evals[-1], metrics, results, out_dir)
 
-        shown = np.flatnonzero(rec.success)
-        if shown.size < 8:
-            shown = np.concatenate([shown, np.flatnonzero(~rec.success)])[:8]
-        shown = shown[:8]
-        save_grid(
-            out_dir / "grid.png",
-            dataset.x[shown],
-            ev.x_adv[shown],
-            rec.y[shown],
-            rec.clean_pred[shown],
-            rec.adv_pred[shown],
-            title=f"{attack} {norm} eps={eps}"
-            + (f" target={targets}" if isinstance(targets, int) else ""),
+
+def _shifted(
+    progress: Callable[[int, int], None] | None, offset: int, total: int
+) -> ProgressFn | None:
+    """The engine's per-run progress as (done, total) over every run of a sweep."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done: report(offset + done, total)
+
+
+def _sanity(
+    clf: Classifier,
+    dataset: Dataset,
+    y: np.ndarray,
+    evals: list[Evaluation],
+    attacks: list[Attack],
+    per_budget: list[tuple[float, Records]],
+    norm: str,
+    minimal: bool,
+) -> list[sanity.Flag]:
+    import torch
+
+    k = min(len(dataset.x), PROBE)
+    flags = sanity.probe_model(clf, torch.from_numpy(dataset.x[:k]), torch.from_numpy(y[:k]))
+    flags.append(sanity.check_ensemble(evals[-1].records, attacks))
+    threat = ThreatModel(norm, math.inf if minimal else per_budget[-1][0])
+    flags.append(sanity.check_unbounded(evals[-1].records, threat, clf))
+    flags.append(
+        sanity.check_sweep(
+            [e for e, _ in per_budget],
+            [adversarial_accuracy(r) for _, r in per_budget],
+            len(dataset.x),
         )
-        results["files"] = {"samples": "samples.npz", "grid": "grid.png"}
-        rundir.write_json(out_dir / "results.json", results)
-    return AttackRun(ev, metrics, results, out_dir)
+    )
+    for f in flags:
+        if f.flagged:
+            log.warning("sanity check %s: %s", f.name, f.evidence)
+    return flags
+
+
+def _write_run(
+    out: Path,
+    results: dict[str, Any],
+    dataset: Dataset,
+    rec: Records,
+    x_adv: np.ndarray,
+    attack: str | list[str],
+    norm: str,
+    eps: float,
+    targets: int | np.ndarray | None,
+    found: np.ndarray | None,
+) -> Path:
+    out_dir = rundir.prepare(out)
+    rundir.write_npz(
+        out_dir / "samples.npz",
+        x=dataset.x,
+        x_adv=x_adv,
+        y=rec.y,
+        clean_pred=rec.clean_pred,
+        adv_pred=rec.adv_pred,
+        target=rec.target,
+    )
+    from aegis.report.plots import save_curve, save_grid
+
+    shown = np.flatnonzero(rec.success)
+    if shown.size < 8:
+        shown = np.concatenate([shown, np.flatnonzero(~rec.success)])[:8]
+    shown = shown[:8]
+    name = attack if isinstance(attack, str) else ",".join(attack)
+    save_grid(
+        out_dir / "grid.png",
+        dataset.x[shown],
+        x_adv[shown],
+        rec.y[shown],
+        rec.clean_pred[shown],
+        rec.adv_pred[shown],
+        title=f"{name} {norm} eps={eps:g}"
+        + (f" target={targets}" if isinstance(targets, int) else ""),
+    )
+    results["files"] = {"samples": "samples.npz", "grid": "grid.png"}
+    points = _curve_points(results)
+    if points:
+        save_curve(out_dir / "curve.png", points, norm=norm, title=name, minimal_norms=found)
+        results["files"]["curve"] = "curve.png"
+    rundir.write_json(out_dir / "results.json", results)
+    return out_dir
+
+
+def _curve_points(results: dict[str, Any]) -> list[tuple[float, float]]:
+    """Accuracy-vs-ε points: a minimal-norm run's curve, else the sweep's budgets."""
+    if "minimal" in results:
+        return [
+            (p["eps"], p["accuracy"])
+            for p in results["minimal"]["curve"]
+            if p["accuracy"] is not None
+        ]
+    if "sweep" in results:
+        return [
+            (s["eps"], s["metrics"]["adversarial_accuracy"])
+            for s in results["sweep"]
+            if s["metrics"]["adversarial_accuracy"] is not None
+        ]
+    return []

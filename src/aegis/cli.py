@@ -60,6 +60,38 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
         raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from exc
 
 
+def _budget_list(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise ConfigError(
+            f"--eps takes a number, 'inf' or comma-separated numbers, got {text!r}"
+        ) from exc
+
+
+def _params(items: list[str] | None) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs → hyper-parameters (int, float, true/false, or text)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param takes NAME=VALUE, got {item!r}")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    continue
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
 def _targets(text: str | None) -> Any:
     if text is None:
         return None
@@ -104,15 +136,24 @@ def attack(
         typer.Option(
             "--attack",
             "-a",
-            help="Attack name (`aegis attacks`), or a comma-separated ensemble such as "
-            "apgd-ce,apgd-t: each runs on the points the earlier ones failed on, and each "
-            "point keeps its first success.",
+            help="Attack name (`aegis attacks`), a suite (standard: AutoAttack's protocol; "
+            "fast: a quick check), or a comma-separated ensemble such as apgd-ce,apgd-t: each "
+            "runs on the points the earlier ones failed on, and each point keeps its first "
+            "success.",
         ),
     ] = "pgd",
-    norm: Annotated[str, typer.Option(help="Threat norm: linf, l2 or l1.")] = "linf",
+    norm: Annotated[
+        str, typer.Option(help="Threat norm: linf, l2, l1, or l0 (the budget counts pixels).")
+    ] = "linf",
     eps: Annotated[
-        float, typer.Option(help="Perturbation budget in the norm's units (pixel scale [0, 1]).")
-    ] = 0.3,
+        str | None,
+        typer.Option(
+            help="Perturbation budget in the norm's units (pixel scale [0, 1]); several, "
+            "comma-separated (0.1,0.2,0.3), sweep the budget; 'inf' is unbounded. Default: "
+            "0.3, or unbounded for a minimal-norm attack (fmn, ddn, cw, deepfool, fab, ...), "
+            "which then reports each input's smallest adversarial perturbation."
+        ),
+    ] = None,
     step_size: Annotated[
         float | None,
         typer.Option(
@@ -133,6 +174,18 @@ def attack(
         ),
     ] = None,
     decay: Annotated[float | None, typer.Option(help="Momentum decay (mifgsm).")] = None,
+    queries: Annotated[
+        int | None, typer.Option(help="Query budget per input of a black-box attack.")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            help="Any other attack hyper-parameter as NAME=VALUE, repeatable "
+            "(e.g. -p overshoot=0.05 -p target_classes=3); `aegis attacks` lists them.",
+        ),
+    ] = None,
     sparsity: Annotated[
         float | None,
         typer.Option(
@@ -242,7 +295,10 @@ def attack(
         "random_start": random_start,
         "decay": decay,
         "sparsity": sparsity,
+        "queries": queries,
+        **_params(param),
     }
+    budgets = _budget_list(eps)
 
     bar: Any = None
     task: Any = None
@@ -251,7 +307,10 @@ def attack(
         nonlocal bar, task
         bar = progress_bar(enabled=sys.stderr.isatty())
         bar.start()
-        task = bar.add_task(f"{attack_name} {norm} ε={eps}", total=len(ds))
+        task = bar.add_task(f"{attack_name} {norm} ε={eps or 'default'}", total=len(ds))
+
+    def advance(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
 
     try:
         run = run_attack(
@@ -260,7 +319,7 @@ def attack(
             labels=labels,
             attack=attack_name,
             norm=norm,
-            eps=eps,
+            eps=budgets,
             targets=_targets(target),
             success_threshold=success_threshold,
             out=out_dir,
@@ -268,7 +327,7 @@ def attack(
             batch_size=batch_size,
             attack_misclassified=attack_misclassified,
             limit=limit,
-            progress=lambda done: bar.update(task, completed=done),
+            progress=advance,
             model_options=model_options,
             data_options=data_options,
             on_loaded=loaded,
@@ -322,8 +381,39 @@ def _print_summary(run: Any) -> None:
         f"L0 {_fmt(nrm['l0']['median'])} of the successful; "
         f"{m['calls']['gradient_total']} gradients in {res['seconds']:.1f} s"
     )
+    if "sweep" in res:
+        sweep = Table("ε", "accuracy under attack", "success rate", header_style="bold")
+        for point in res["sweep"]:
+            sweep.add_row(
+                f"{point['eps']:g}",
+                _pct(point["metrics"]["adversarial_accuracy"]),
+                _pct(point["metrics"]["success"]["rate"]),
+            )
+        console.print(sweep)
+    if "minimal" in res:
+        mn = res["minimal"]
+        pct = mn["percentiles"]
+        console.print(
+            f"minimal {mn['norm']} perturbation: median {_fmt(mn['median'])} "
+            f"(p10 {_fmt(pct['p10'])}, p90 {_fmt(pct['p90'])}); found for {mn['found']} of "
+            f"{mn['attacked']} attacked inputs"
+        )
+        curve = mn["curve"]
+        step = max(1, len(curve) // 6)
+        console.print(
+            "accuracy vs ε: "
+            + ", ".join(
+                f"{p['eps']:.3g} → {_pct(p['accuracy'])}"
+                for p in curve[::step] + ([] if (len(curve) - 1) % step == 0 else curve[-1:])
+            ),
+            markup=False,
+        )
+    for flag in res.get("sanity", []):
+        if flag["flagged"]:
+            console.print(f"sanity: {flag['name']}: {flag['evidence']}", markup=False)
     if run.out_dir is not None:
-        console.print(f"results: {run.out_dir / 'results.json'}  grid: {run.out_dir / 'grid.png'}")
+        files = "  ".join(f"{k}: {run.out_dir / v}" for k, v in res["files"].items())
+        console.print(f"results: {run.out_dir / 'results.json'}  {files}", markup=False)
     console.print(f"verdict: {run.verdict}", markup=False)
 
 
@@ -335,24 +425,43 @@ def _fmt(v: float | None) -> str:
 def attacks(
     pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'pgd*'.")] = "*",
 ) -> None:
-    """List the registered attacks with their norms, gradient needs and paper."""
+    """List the attacks and suites: norms, access (gradients or queries only), whether they
+    take a target, whether they are minimal-norm, their parameters and paper."""
     from rich.console import Console
     from rich.table import Table
 
-    from aegis.registry import list_attacks
+    from aegis.registry import list_attacks, list_ensembles
 
-    table = Table("name", "norms", "gradients", "targeted", "parameters", "paper", "summary")
+    table = Table(
+        "name", "norms", "access", "targeted", "minimal", "parameters", "paper", "summary"
+    )
     for s in list_attacks(pattern):
         table.add_row(
             s.name,
             ",".join(s.norms),
-            "yes" if s.needs_gradients else "no",
+            "gradients" if s.needs_gradients else "queries",
             "yes" if s.targeted else "no",
+            "yes" if s.minimal else "no",
             ", ".join(s.parameters()),
             s.paper,
             s.summary,
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    suites = list_ensembles(pattern)
+    if suites:
+        table = Table("suite", "norms", "members (in order)", "budgets", "paper", "summary")
+        for e in suites:
+            first = e.members[e.norms[0]]
+            table.add_row(
+                e.name,
+                ",".join(e.norms),
+                " → ".join(n for n, _ in first),
+                "fixed" if e.fixed else "may be overridden",
+                e.paper,
+                e.summary,
+            )
+        console.print(table)
 
 
 @app.command()

@@ -96,14 +96,70 @@ def call_stats(rec: Records) -> dict[str, float | int | None]:
     }
 
 
-def verdict(rec: Records, threshold: float | None) -> dict[str, Any]:
-    """Does the attack reach the required success rate? Never a robustness certificate."""
+def accuracy_at(rec: Records, norm: str, eps: float) -> float | None:
+    """Accuracy under attack had the budget been ``eps`` (from a minimal-norm run's records):
+    a point counts as correct if it was classified correctly and the attack's smallest
+    adversarial perturbation is larger than ``eps`` (or none was found)."""
+    broken = rec.success & (getattr(rec, norm) <= eps)
+    return _share(int(((rec.clean_pred == rec.y) & ~broken).sum()), len(rec))
+
+
+def success_at(rec: Records, norm: str, eps: float) -> float | None:
+    """Success rate over the attacked points had the budget been ``eps``."""
+    broken = rec.success & (getattr(rec, norm) <= eps)
+    return _share(int(broken.sum()), int(rec.attacked.sum()))
+
+
+def minimal_norms(rec: Records, norm: str, grid: list[float] | None = None) -> dict[str, Any]:
+    """The distribution of the smallest adversarial perturbations a minimal-norm attack found,
+    and the accuracy-vs-ε curve it implies (on ``grid``, or 21 points from 0 to the largest)."""
+    found = getattr(rec, norm)[rec.success]
+    q = [10, 25, 50, 75, 90]
+    values = np.percentile(found, q).tolist() if found.size else [None] * len(q)
+    if grid is None:
+        top = float(found.max()) if found.size else 0.0
+        grid = np.linspace(0.0, top, 21).tolist() if top > 0 else [0.0]
+    grid = sorted(float(e) for e in grid if np.isfinite(e))
+    return {
+        "norm": norm,
+        "found": int(found.size),
+        "attacked": int(rec.attacked.sum()),
+        "median": float(np.median(found)) if found.size else None,
+        "mean": float(found.mean()) if found.size else None,
+        "percentiles": dict(zip([f"p{v}" for v in q], values, strict=True)),
+        "curve": [
+            {"eps": e, "accuracy": accuracy_at(rec, norm, e), "success": success_at(rec, norm, e)}
+            for e in grid
+        ],
+    }
+
+
+def verdict(
+    rec: Records, threshold: float | None, flags: list[str] | None = None
+) -> dict[str, Any]:
+    """Does the attack reach the required success rate? Never a robustness certificate.
+
+    ``flags`` names the sanity checks that fired: the text then opens with SUSPICIOUS, because
+    the warning signs of gradient masking make any accuracy under attack unreliable.
+    """
     sr = success_rate(rec)
     rate = sr["rate"]
     goal = "reach their target class" if rec.targeted else "be misclassified"
+    warn = (
+        f"SUSPICIOUS evaluation (sanity checks: {', '.join(flags)}); treat the numbers as "
+        "unreliable until an adaptive attack confirms them. "
+        if flags
+        else ""
+    )
     if rate is None:
-        text = "no input was eligible for the attack: nothing to judge"
-        return {"reached": None, "threshold": threshold, "rate": None, "text": text}
+        text = warn + "no input was eligible for the attack: nothing to judge"
+        return {
+            "reached": None,
+            "threshold": threshold,
+            "rate": None,
+            "text": text,
+            "suspicious": bool(flags),
+        }
     share = f"{rate:.1%} of {sr['attacked']} attacked inputs were made to {goal}"
     if threshold is None:
         reached = None
@@ -118,10 +174,21 @@ def verdict(rec: Records, threshold: float | None) -> dict[str, Any]:
             f"; accuracy under attack {acc:.1%} is an upper bound on robust accuracy, "
             "not a guarantee (a stronger attack can only lower it)"
         )
-    return {"reached": reached, "threshold": threshold, "rate": rate, "text": text}
+    return {
+        "reached": reached,
+        "threshold": threshold,
+        "rate": rate,
+        "text": warn + text,
+        "suspicious": bool(flags),
+    }
 
 
-def summarize(rec: Records, num_classes: int, threshold: float | None = None) -> dict[str, Any]:
+def summarize(
+    rec: Records,
+    num_classes: int,
+    threshold: float | None = None,
+    flags: list[str] | None = None,
+) -> dict[str, Any]:
     """Every metric of an evaluation, as stored in ``results.json``."""
     return {
         "n": len(rec),
@@ -132,5 +199,5 @@ def summarize(rec: Records, num_classes: int, threshold: float | None = None) ->
         "adversarial": precision_recall_f1(rec.y, rec.adv_pred, num_classes),
         "norms": norm_stats(rec),
         "calls": call_stats(rec),
-        "verdict": verdict(rec, threshold),
+        "verdict": verdict(rec, threshold, flags),
     }

@@ -58,6 +58,23 @@ class Records:
             out[f.name] = np.concatenate(arrays) if arrays else np.zeros(0, dtype=_DTYPES[f.name])
         return cls(**out)
 
+    def within(self, norm: str, eps: float) -> Records:
+        """The records a bounded run at ``eps`` implies, from a minimal-norm (unbounded) run.
+
+        A success whose ``norm`` exceeds ``eps`` becomes a failure: the point keeps its clean
+        prediction and zero norms, as if the attack returned the input unchanged (the input it
+        would return is then the clean one, an upper bound on robust accuracy at ``eps``).
+        """
+        size = getattr(self, norm)
+        lost = self.success & (size > eps)
+        out = Records(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
+        out.success = self.success & ~lost
+        out.adv_pred = np.where(lost, self.clean_pred, self.adv_pred)
+        out.attack_index = np.where(lost, -1, self.attack_index)
+        for name in NORM_FIELDS:
+            getattr(out, name)[lost] = 0.0
+        return out
+
     def to_dict(self) -> dict[str, list[Any]]:
         return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
 

@@ -52,7 +52,7 @@ def register(
         raise ConfigError(f"attack names are lowercase kebab-case, got {name!r}")
 
     def deco(cls: A) -> A:
-        if name in _ATTACKS and _ATTACKS[name].cls is not cls:
+        if name in _ENSEMBLES or (name in _ATTACKS and _ATTACKS[name].cls is not cls):
             raise ConfigError(f"attack {name!r} is registered twice")
         doc = (cls.__doc__ or "").strip().splitlines()
         _ATTACKS[name] = AttackSpec(
@@ -67,6 +67,45 @@ def register(
     return deco
 
 
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """A named suite of attacks run in order, each on the points the earlier ones failed on.
+
+    ``members`` maps each norm to ``(attack name, parameters)`` pairs. ``fixed`` suites are
+    published protocols: their budgets cannot be overridden, so their numbers stay comparable.
+    """
+
+    name: str
+    members: dict[str, tuple[tuple[str, dict[str, Any]], ...]]
+    paper: str
+    summary: str
+    fixed: bool = True
+
+    @property
+    def norms(self) -> tuple[str, ...]:
+        return tuple(self.members)
+
+    def parameters(self) -> list[str]:
+        names = {n for members in self.members.values() for n, _ in members}
+        return sorted({p for n in names for p in _spec(n).parameters()})
+
+
+_ENSEMBLES: dict[str, EnsembleSpec] = {}
+
+
+def register_ensemble(spec: EnsembleSpec) -> EnsembleSpec:
+    """Register a suite under its name (names are shared with attacks)."""
+    if spec.name in _ATTACKS or (spec.name in _ENSEMBLES and _ENSEMBLES[spec.name] != spec):
+        raise ConfigError(f"{spec.name!r} is registered twice")
+    _ENSEMBLES[spec.name] = spec
+    return spec
+
+
+def list_ensembles(pattern: str = "*") -> list[EnsembleSpec]:
+    _load_builtins()
+    return [s for n, s in sorted(_ENSEMBLES.items()) if fnmatch.fnmatch(n, pattern)]
+
+
 def _load_builtins() -> None:
     import aegis.attacks  # noqa: F401  (registers the built-in attacks)
 
@@ -77,33 +116,74 @@ def list_attacks(pattern: str = "*") -> list[AttackSpec]:
     return [s for n, s in sorted(_ATTACKS.items()) if fnmatch.fnmatch(n, pattern)]
 
 
-def get_spec(name: str) -> AttackSpec:
-    _load_builtins()
+def _spec(name: str) -> AttackSpec:
     if name not in _ATTACKS:
-        close = difflib.get_close_matches(name, list(_ATTACKS), n=1)
+        known = [*_ATTACKS, *_ENSEMBLES]
+        close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(
-            f"unknown attack {name!r}; {hint}`aegis attacks` lists the {len(_ATTACKS)} available"
+            f"unknown attack {name!r}; {hint}`aegis attacks` lists the {len(known)} available"
         )
     return _ATTACKS[name]
 
 
-def create_all(names: str | list[str], **params: Any) -> list[Attack]:
-    """Build an ensemble from names (a list or ``"a,b,c"``); each member takes the ``params``
-    it has, and a parameter no member has is an error."""
+def get_spec(name: str) -> AttackSpec:
+    _load_builtins()
+    return _spec(name)
+
+
+def is_ensemble(name: str) -> bool:
+    _load_builtins()
+    return name in _ENSEMBLES
+
+
+def expand(names: str | list[str], norm: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Attack names (a list or ``"a,b,c"``, suites included) → ``(name, parameters)`` members."""
     wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
     if not wanted or not all(wanted):
         raise ConfigError(f"attack names must be non-empty, got {names!r}")
+    _load_builtins()
+    out: list[tuple[str, dict[str, Any]]] = []
+    for name in wanted:
+        if name not in _ENSEMBLES:
+            out.append((get_spec(name).name, {}))
+            continue
+        suite = _ENSEMBLES[name]
+        if norm is None or norm not in suite.members:
+            raise ConfigError(
+                f"the {name!r} suite is defined for norms {', '.join(suite.norms)}, not {norm!r}"
+            )
+        out.extend((n, dict(p)) for n, p in suite.members[norm])
+    return out
+
+
+def create_all(names: str | list[str], *, norm: str | None = None, **params: Any) -> list[Attack]:
+    """Build an ensemble from names (a list or ``"a,b,c"``; a suite name such as ``standard``
+    expands to its members for ``norm``); each member takes the ``params`` it has, and a
+    parameter no member has is an error. A fixed suite (a published protocol) takes none."""
+    _load_builtins()
     given = {k: v for k, v in params.items() if v is not None}
-    specs = [get_spec(n) for n in wanted]
+    wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    fixed = [n for n in wanted if n in _ENSEMBLES and _ENSEMBLES[n].fixed]
+    members = expand(names, norm)
+    if fixed and given:
+        raise ConfigError(
+            f"{fixed[0]!r} uses its published budgets, so {', '.join(sorted(given))} cannot "
+            "be changed; name its members instead (e.g. --attack "
+            f"{','.join(n for n, _ in members)}) or use the 'fast' suite"
+        )
+    specs = [get_spec(n) for n, _ in members]
     unused = sorted(set(given) - {p for s in specs for p in s.parameters()})
+    if unused and len(specs) == 1:
+        create(specs[0].name, **given)  # raises, listing the attack's parameters
     if unused:
         raise ConfigError(
-            f"no attack of {', '.join(wanted)} has parameter {', '.join(unused)}; "
-            "`aegis attacks` lists each attack's parameters"
+            f"no attack of {', '.join(n for n, _ in members)} has parameter "
+            f"{', '.join(unused)}; `aegis attacks` lists each attack's parameters"
         )
     return [
-        create(s.name, **{k: v for k, v in given.items() if k in s.parameters()}) for s in specs
+        create(s.name, **{**own, **{k: v for k, v in given.items() if k in s.parameters()}})
+        for s, (_, own) in zip(specs, members, strict=True)
     ]
 
 

@@ -205,4 +205,5 @@ class ThreatModel:
         return grad.sign()
 
     def to_dict(self) -> dict[str, object]:
-        return {"norm": self.norm, "eps": self.eps, "targeted": self.targeted}
+        eps: float | str = "inf" if self.eps == float("inf") else self.eps  # strict JSON
+        return {"norm": self.norm, "eps": eps, "targeted": self.targeted}

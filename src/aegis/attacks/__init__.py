@@ -1,5 +1,6 @@
-"""Evasion attacks. Importing this package registers the built-in attacks."""
+"""Evasion attacks. Importing this package registers the built-in attacks and suites."""
 
+from aegis.attacks import ensembles  # noqa: F401  (registers the suites)
 from aegis.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT
 from aegis.attacks.base import Attack
 from aegis.attacks.bim import BIM

@@ -88,3 +88,48 @@ def save_grid(
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def save_curve(
+    path: Path,
+    points: list[tuple[float, float]],
+    *,
+    norm: str,
+    title: str = "",
+    minimal_norms: np.ndarray | None = None,
+) -> Path:
+    """Accuracy under attack against the budget ε; with a minimal-norm run's norms, a second
+    panel shows their distribution (the curve is one minus its cumulative share)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if minimal_norms is not None and minimal_norms.size else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.4), squeeze=False)
+    eps = [p[0] for p in points]
+    acc = [100 * p[1] for p in points]
+    ax = axes[0][0]
+    ax.plot(eps, acc, marker="o" if len(points) <= 12 else None, color="tab:blue")
+    ax.set_xlabel(f"ε ({norm})")
+    ax.set_ylabel("accuracy under attack (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title("accuracy vs budget", fontsize=9)
+    if panels == 2 and minimal_norms is not None:
+        hx = axes[0][1]
+        hx.hist(minimal_norms, bins=30, color="tab:orange")
+        median = float(np.median(minimal_norms))
+        hx.axvline(median, color="black", linestyle="--", linewidth=1)
+        hx.set_xlabel(f"smallest adversarial perturbation ({norm})")
+        hx.set_ylabel("inputs")
+        hx.set_title(f"minimal norms (median {median:.3g})", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
