@@ -25,6 +25,8 @@ def fast(name: str) -> dict[str, int]:
     out = {"steps": 10} if "steps" in params else {}
     if "queries" in params:
         out["queries"] = 200
+    if "search_steps" in params:
+        out["search_steps"] = 3
     return out
 
 
@@ -163,7 +165,7 @@ def test_iterative_not_weaker_than_fgsm(tiny, data, norm) -> None:
     x, y = data
     threat = ThreatModel(norm, {"linf": 0.25, "l2": 1.5, "l1": 6.0}[norm])
     fgsm_acc = (tiny.predict(create("fgsm")(tiny, x, y, threat)) == y).float().mean()
-    names = ["bim", "pgd", "mifgsm"] + (["apgd-ce"] if norm != "l1" else [])
+    names = ["bim", "pgd", "mifgsm", "apgd-ce"]
     for name in names:
         x_adv = create(name, steps=20)(
             tiny, x, y, threat, generator=torch.Generator().manual_seed(0)
@@ -317,3 +319,23 @@ def test_apgd_t_not_weaker_than_apgd_dlr(digits_model, norm) -> None:
         return (model.predict(x_adv) == y).float().mean().item()
 
     assert acc("apgd-t") <= acc("apgd-dlr") + 0.01
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_early_stop_changes_nothing_but_cost(digits_model, name, norm) -> None:
+    """Fooled points leave the batch; every other point's trajectory is the same."""
+    model, x, y = digits_model
+    x, y = x[:80], y[:80]
+    threat = ThreatModel(norm, {"linf": 0.08, "l2": 0.6}[norm])
+    out, calls = [], []
+    for early in (True, False):
+        with model.counting(x.shape[0]) as counter:
+            out.append(
+                create(name, steps=30, early_stop=early)(
+                    model, x, y, threat, generator=torch.Generator().manual_seed(0)
+                )
+            )
+        calls.append(int(counter.gradient.sum()))
+    assert torch.allclose(out[0], out[1], atol=1e-6)
+    assert calls[0] < calls[1]

@@ -379,7 +379,9 @@ def _print_summary(run: Any) -> None:
         f"success rate {_pct(s['rate'])} ({s['successes']}/{s['attacked']} attacked{extra}); "
         f"median L∞ {_fmt(nrm['linf']['median'])}, L2 {_fmt(nrm['l2']['median'])}, "
         f"L0 {_fmt(nrm['l0']['median'])} of the successful; "
-        f"{m['calls']['gradient_total']} gradients in {res['seconds']:.1f} s"
+        f"{m['calls']['gradient_total']} gradients, {m['calls']['forward_total']} forward "
+        f"queries (median {_fmt(m['calls']['forward_median_per_attacked'])} per attacked "
+        f"input) in {res['seconds']:.1f} s"
     )
     if "sweep" in res:
         sweep = Table("ε", "accuracy under attack", "success rate", header_style="bold")

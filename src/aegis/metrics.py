@@ -92,6 +92,9 @@ def call_stats(rec: Records) -> dict[str, float | int | None]:
         "gradient_total": int(rec.gradient_calls.sum()),
         "gradient_mean_per_attacked": float(rec.gradient_calls[att].mean()) if att.any() else None,
         "forward_mean_per_attacked": float(rec.forward_calls[att].mean()) if att.any() else None,
+        "forward_median_per_attacked": (
+            float(np.median(rec.forward_calls[att])) if att.any() else None
+        ),
         "seconds": float(rec.seconds.sum()),
     }
 

@@ -7,6 +7,7 @@ uniform random starts inside the ball.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ NORMS = ("linf", "l2", "l1", "l0")
 
 
 def flat(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))  # works on an empty batch too
 
 
 def norms(delta: Tensor, norm: str) -> Tensor:
@@ -129,8 +130,10 @@ class ThreatModel:
             d = project_l1_box(delta, lo - x, hi - x, self.eps)
             return (x + d).clamp(lo, hi)
         k = int(self.eps) if self.eps != float("inf") else delta[0].numel()
-        d = project_l0((x + delta).clamp(lo, hi) - x, k)
-        return x + d
+        moved = (x + delta).clamp(lo, hi)
+        kept = project_l0(moved - x, k) != 0
+        # Kept pixels take the clamped value itself (x + d could round 1 ulp off the bound).
+        return torch.where(kept, moved, x)
 
     def within(
         self, x_adv: Tensor, x: Tensor, bounds: tuple[float, float], tol: float = 1e-5

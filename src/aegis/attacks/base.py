@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -75,6 +76,51 @@ def dlr_loss(y: Tensor, targets: Tensor | None) -> LossFn:
         return untargeted
     goal = targets
     return lambda z: targeted(z, goal)
+
+
+def margin(logits: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
+    """The logit margin, negative once the point is adversarial: z_y − max_{j≠y} z_j, or
+    (targeted) max_{j≠t} z_j − z_t. C&W, FMN, SPSA and Square all work on it."""
+    label = y if targets is None else targets
+    own = logits.gather(1, label[:, None]).squeeze(1)
+    other = logits.scatter(1, label[:, None], float("-inf")).amax(1)
+    return own - other if targets is None else other - own
+
+
+def runner_up_targets(model: Classifier, x: Tensor, y: Tensor, k: int) -> list[Tensor]:
+    """The 2nd … (k+1)-th most likely classes of each clean input, one tensor per rank: the
+    targets APGD-T, FAB-T and untargeted JSMA try in turn (AutoAttack's choice). A
+    misclassified input's ranking may hold its true class; that rank aims at the top class."""
+    order = model.logits(x).argsort(1, descending=True)
+    return [
+        torch.where(order[:, j] == y, order[:, 0], order[:, j])
+        for j in range(1, min(k, model.num_classes - 1) + 1)
+    ]
+
+
+def best_of_restarts(
+    restarts: int,
+    x: Tensor,
+    one_run: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
+) -> Tensor:
+    """Restarts of a score-based search, each only on the points no earlier run fooled.
+
+    ``one_run(idx)`` attacks the rows ``idx`` and returns (inputs, score, fooled); a point
+    keeps its first fooling input, else the input with the highest score over the runs.
+    """
+    x_out = x.clone()
+    best = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for _ in range(restarts):
+        idx = (~found).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        adv, score, hit = one_run(idx)
+        keep = hit | (score > best[idx])
+        x_out[idx[keep]] = adv[keep]
+        best[idx[keep]] = score[keep]
+        found[idx] = hit
+    return x_out
 
 
 def is_adversarial(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:

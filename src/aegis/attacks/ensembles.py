@@ -23,7 +23,7 @@ _DENSE = (
     ("apgd-ce", {"steps": 100, "restarts": 1}),
     ("apgd-t", {"steps": 100, "restarts": 1, "target_classes": 9}),
     ("fab-t", {"steps": 100, "restarts": 1, "target_classes": 9}),
-    ("square", {"queries": 5000, "restarts": 1, "p_init": 0.8}),
+    ("square", {"queries": 5000, "restarts": 1, "p_init": 0.8, "rescale_schedule": False}),
 )
 _L1 = (
     ("apgd-ce", {"steps": 100, "restarts": 5}),
