@@ -15,13 +15,16 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Train (or reuse) the reference MNIST model, then run the seed's scenario: targeted PGD toward
-# class 5, step 0.01, 100 iterations, 90% required; then an untargeted PGD.
+# class 5, step 0.01, 100 iterations, 90% required; then an untargeted PGD; then the minimal L2
+# perturbation of 200 inputs (FMN) with the accuracy-vs-ε curve.
 demo: $(STAMP)
 	$(AEGIS) train --dataset mnist --out $(MODELS)
 	$(AEGIS) attack $(MODELS)/mnist_cnn.safetensors mnist --attack pgd --norm linf --eps 0.3 \
 		--step-size 0.01 --steps 100 --target 5 --success-threshold 0.9 --out $(RUNS)/demo-targeted
 	$(AEGIS) attack $(MODELS)/mnist_cnn.safetensors mnist --attack pgd --norm linf --eps 0.3 \
 		--step-size 0.01 --steps 100 --success-threshold 0.9 --out $(RUNS)/demo-untargeted
+	$(AEGIS) attack $(MODELS)/mnist_cnn.safetensors mnist --attack fmn --norm l2 --limit 200 \
+		--out $(RUNS)/demo-minimal-l2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

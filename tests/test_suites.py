@@ -121,3 +121,18 @@ def test_standard_suite_on_digits_not_weaker_than_its_parts(digits_model) -> Non
     apgd = evaluate(model, x, y, create("apgd-ce"), threat, seed=0)
     assert suite.records.success.sum() >= apgd.records.success.sum()
     assert suite.config["attack"]["name"] == "apgd-ce+apgd-t+fab-t+square"
+
+
+def test_minimal_suite_keeps_each_points_smallest(digits_model) -> None:
+    """An ensemble of minimal-norm attacks runs every member on every point and keeps the
+    smallest successful perturbation (not the first success)."""
+    model, x, y = digits_model
+    x, y = x[:30], y[:30]
+    threat = ThreatModel("l2", math.inf)
+    members = create_all("minimal", norm="l2", steps=20)
+    suite = evaluate(model, x, y, members, threat, seed=0).records
+    alone = [evaluate(model, x, y, m, threat, seed=0).records for m in members]
+    assert suite.success.all()
+    smallest = np.min([np.where(r.success, r.l2, np.inf) for r in alone], axis=0)
+    assert np.allclose(suite.l2, smallest, rtol=1e-5)
+    assert len(set(suite.attack_index.tolist())) > 1, "members should each win somewhere"

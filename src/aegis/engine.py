@@ -83,7 +83,9 @@ def evaluate(
     Args:
         attack: one attack, or an ensemble run in order; each member runs only on the points
             every earlier member failed on, and each point keeps its first success
-            (``Records.attack_index`` names the member).
+            (``Records.attack_index`` names the member). An ensemble of minimal-norm attacks
+            instead runs every member on every point and keeps each point's smallest
+            successful perturbation (in ``threat.norm``).
         targets: None (untargeted), one class for every input, or one class per input.
         attack_misclassified: also attack points the model already gets wrong.
         progress: called with the number of samples finished after every batch.
@@ -182,9 +184,14 @@ def _run_batch(
     by = torch.full((m,), -1, dtype=torch.long, device=x.device)
     idx = mask.nonzero().squeeze(1)
     generator = torch.Generator(device=x.device).manual_seed(batch_seed(seed, start))
+    # An ensemble of minimal-norm attacks keeps, per point, the smallest successful
+    # perturbation of any member (each runs on every point); any other ensemble runs each
+    # member only on the points every earlier one failed on, and keeps the first success.
+    smallest = len(attacks) > 1 and all(a.minimal for a in attacks)
+    best = torch.full((m,), float("inf"), device=x.device)
     for number, attack in enumerate(attacks):
-        # Each attack of an ensemble runs only on the points every earlier one failed on.
-        idx = idx[by[idx] < 0]
+        if not smallest:
+            idx = idx[by[idx] < 0]
         if idx.numel() == 0:
             break
         sub_t = None if targets is None else targets[idx]
@@ -193,10 +200,19 @@ def _run_batch(
             pred = model.logits(out).argmax(1)
         _audit(out, x[idx], threat, model.bounds, attack)
         won = (pred == sub_t) if sub_t is not None else (pred != y[idx])
-        # The first success is kept; a failed point keeps the last attack's output.
-        x_adv[idx] = out
-        adv_pred[idx] = pred
-        by[idx[won]] = number
+        if smallest:
+            size = norms(out - x[idx], threat.norm)
+            better = won & (size < best[idx])
+            keep = idx[better]
+            x_adv[keep] = out[better]
+            adv_pred[keep] = pred[better]
+            best[keep] = size[better]
+            by[keep] = number
+        else:
+            # The first success is kept; a failed point keeps the last attack's output.
+            x_adv[idx] = out
+            adv_pred[idx] = pred
+            by[idx[won]] = number
         rows = idx.cpu().numpy()
         forward[rows] += sub.forward
         gradient[rows] += sub.gradient

@@ -7,6 +7,11 @@ Square (5,000 queries), each run only on the points every earlier one failed on.
 reference runs APGD-CE with 5 restarts and APGD-T with 5 targets, both with the larger-ε
 warm-up; Square has no L1 version here, so the L1 suite ends with FAB-T (see docs).
 
+``minimal`` runs minimal-norm attacks that take different routes to the boundary and keeps,
+per point, the smallest adversarial perturbation any of them found (L2: DDN, FMN, FAB; L∞:
+FMN, FAB; L1: FMN, FAB, EAD; L0: FMN); run unbounded it gives the tightest minimal-norm curve
+aegis can compute.
+
 ``fast`` is for quick checks while developing a model, not for reporting: APGD-CE and APGD-T
 (3 targets), 25 steps each. Its budgets may be overridden; the standard suite's may not.
 
@@ -52,6 +57,21 @@ FAST = register_ensemble(
         {"linf": _FAST, "l2": _FAST, "l1": _FAST},
         AUTOATTACK,
         "quick check, not for reporting: APGD-CE and APGD-T (3 targets), 25 steps each",
+        fixed=False,
+    )
+)
+
+MINIMAL = register_ensemble(
+    EnsembleSpec(
+        "minimal",
+        {
+            "l2": (("ddn", {}), ("fmn", {}), ("fab", {})),
+            "linf": (("fmn", {}), ("fab", {})),
+            "l1": (("fmn", {}), ("fab", {}), ("ead", {})),
+            "l0": (("fmn", {}),),
+        },
+        "https://arxiv.org/abs/2102.12827",
+        "per point, the smallest adversarial perturbation of several minimal-norm attacks",
         fixed=False,
     )
 )
