@@ -56,12 +56,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 import types
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +158,22 @@ def build(names: str, **params: Any) -> list[Any] | str:
         return f"not available yet ({exc})"
 
 
+ONLY: re.Pattern[str] | None = None
+"""``--only``: rows whose label this does not match are not run."""
+
+
+def wanted(label: str) -> bool:
+    if ONLY is None or ONLY.search(label):
+        return True
+    print(f"  not run (--only): {label}")
+    return False
+
+
 def run_aegis(
     label: str, s: Setup, names: str, threat: ThreatModel, k: int | None = None, **params: Any
 ) -> Result | None:
+    if not wanted(label):
+        return None
     if "," in names or names in ("standard", "fast", "minimal"):
         attacks = build(names, norm=threat.norm, **params)
     else:
@@ -198,6 +212,8 @@ def run_peer(
     k: int | None = None,
 ) -> Result | None:
     """Build the peer attack (untimed), run it once on the first ``k`` points, audit it."""
+    if not wanted(label):
+        return None
     k = s.x.shape[0] if k is None else k
     x, y = s.x[:k], s.y[:k]
     try:
@@ -368,6 +384,11 @@ def section_suite(s: Setup, args: argparse.Namespace) -> None:
         run_aegis("aegis standard", s, "standard", threat),
         run_aegis("aegis fast (not for reporting)", s, "fast", threat),
     ]
+    if args.eager_row:
+        eager = Classifier(s.clf.module, s.clf.info, frozen_inference=False)
+        rows.append(
+            run_aegis("aegis standard, module only", replace(s, clf=eager), "standard", threat)
+        )
     try:
         import torchattacks
 
@@ -382,6 +403,37 @@ def section_suite(s: Setup, args: argparse.Namespace) -> None:
         if r is not None:
             r.notes.append("its 'standard' runs APGD, APGD-T and FAB with 10 steps, not 100")
         rows.append(r)
+
+        def make_ta_100() -> Any:
+            ta = torchattacks
+            return ta.MultiAttack(
+                [
+                    ta.APGD(
+                        s.net, norm="Linf", eps=EPS, steps=100, n_restarts=1, loss="ce", seed=0
+                    ),
+                    ta.APGDT(s.net, norm="Linf", eps=EPS, steps=100, n_restarts=1, n_classes=10),
+                    ta.FAB(
+                        s.net,
+                        norm="Linf",
+                        eps=EPS,
+                        steps=100,
+                        n_restarts=1,
+                        multi_targeted=True,
+                        n_classes=10,
+                        seed=0,
+                    ),
+                    ta.Square(s.net, norm="Linf", eps=EPS, n_queries=5000, n_restarts=1, seed=0),
+                ]
+            )
+
+        rows.append(
+            run_torch_peer(
+                f"torchattacks {torchattacks.__version__} MultiAttack, AutoAttack's budgets",
+                s,
+                make_ta_100,
+                threat,
+            )
+        )
     except ImportError:
         print("  torchattacks is not installed: pip install --no-deps torchattacks")
     try:
@@ -778,6 +830,12 @@ def main() -> None:
         help=f"which pairs of the pairs section (default all: {','.join(PAIRS)})",
     )
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only", default=None, help="run only the rows whose label matches this regex")
+    ap.add_argument(
+        "--eager-row",
+        action="store_true",
+        help="suite: also run aegis standard without the frozen TorchScript copy",
+    )
     ap.add_argument("--models", type=Path, default=Path("models"))
     args = ap.parse_args()
     unknown = {w.strip() for w in args.pairs.split(",")} - set(PAIRS)
@@ -785,6 +843,8 @@ def main() -> None:
         ap.error(f"--pairs: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PAIRS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    global ONLY
+    ONLY = None if args.only is None else re.compile(args.only)
     warnings.filterwarnings("ignore", category=UserWarning, module="torchattacks")
     kinds = ["normal", "robust"] if args.model == "both" else [args.model]
     sections = ["suite", "minimal", "pairs"] if args.section == "all" else [args.section]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from aegis.attacks.base import Attack
 from aegis.errors import AegisError, ConfigError, DataError
-from aegis.model import Classifier
+from aegis.model import FROZEN_MIN_POINTS, Classifier
 from aegis.records import Records
 from aegis.threat import ThreatModel, norms
 
@@ -121,6 +121,9 @@ def evaluate(
     bs = batch_size or model.batch_size
     if bs < 1:
         raise ConfigError(f"batch_size must be >= 1, got {bs}")
+    if n >= FROZEN_MIN_POINTS:
+        # Decided before the first attack call, so the whole run takes one path.
+        model.prepare_frozen(xt[:bs].to(model.device, torch.float32))
 
     parts: list[Records] = []
     advs: list[np.ndarray] = []
