@@ -593,6 +593,10 @@ def certify(
             f"certified accuracy at L2 radius {point['radius']:g}: {_pct(point['accuracy'])}"
         )
     typer.echo(f"abstain rate: {_pct(c['abstain_rate'])}")
+    typer.echo(
+        f"largest radius these n and α can certify: "
+        f"{results['config']['max_certifiable_radius']:.3g} (σ·Φ⁻¹(α^(1/n)))"
+    )
     typer.echo(f"results: {Path(results['out_dir']) / 'results.json'}")
 
 
@@ -604,6 +608,20 @@ def detect(
     detector: Annotated[str, typer.Option(help="Detector: mahalanobis or squeeze.")] = (
         "mahalanobis"
     ),
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            help="Mahalanobis: comma-separated module names whose outputs are features "
+            "(default: the penultimate layer)."
+        ),
+    ] = None,
+    noise: Annotated[
+        float | None, typer.Option(help="Mahalanobis: input preprocessing step (default 0).")
+    ] = None,
+    bits: Annotated[int | None, typer.Option(help="Squeeze: bit depth (default 1).")] = None,
+    median_size: Annotated[
+        int | None, typer.Option(help="Squeeze: median filter window (default 2).")
+    ] = None,
     attack_name: Annotated[
         str, typer.Option("--attack", "-a", help="The non-adaptive attack (`aegis attacks`).")
     ] = "pgd",
@@ -652,6 +670,12 @@ def detect(
         model,
         data,
         detector=detector,
+        detector_params={
+            "layers": None if layers is None else tuple(v.strip() for v in layers.split(",")),
+            "noise": noise,
+            "bits": bits,
+            "median_size": median_size,
+        },
         attack=attack_name,
         norm=norm,
         eps=eps,

@@ -201,7 +201,7 @@ def certify(
             progress(i + 1)
     return Certificates(
         index=np.arange(start, start + m),
-        y=yt.numpy().astype(np.int64),
+        y=yt.cpu().numpy().astype(np.int64),
         prediction=pred,
         radius=radius,
         p_lower=p_lower,
@@ -405,6 +405,10 @@ def run_certify(
             "smoothing": smoothing.to_dict(),
             "radii": sorted(grid),
             "noise_clipped": False,
+            # with all n samples on one class: no radius above this can be certified
+            "max_certifiable_radius": certified_radius(
+                clopper_pearson_lower(smoothing.n, smoothing.n, smoothing.alpha), smoothing.sigma
+            ),
         },
         "certification": certification_summary(cert, grid),
         "seconds": float(cert.seconds.sum()),

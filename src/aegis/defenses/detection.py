@@ -576,6 +576,7 @@ def run_detect(
     data: Any,
     *,
     detector: Detector | str = "mahalanobis",
+    detector_params: dict[str, Any] | None = None,
     attack: str = "pgd",
     norm: str = "linf",
     eps: float = 0.3,
@@ -598,7 +599,8 @@ def run_detect(
 
     The detector is fitted on ``fit_data`` (default: the ``train`` split of a built-in
     ``data``, else the inputs after the first ``limit``), at most ``fit_limit`` inputs, with the
-    model's predictions as labels; it is evaluated on the first ``limit`` inputs of ``data``."""
+    model's predictions as labels; it is evaluated on the first ``limit`` inputs of ``data``.
+    ``detector_params`` are the named detector's hyper-parameters (None values are skipped)."""
     import datetime as dt
     import sys
 
@@ -613,7 +615,11 @@ def run_detect(
     if isinstance(detector, str):
         if detector not in DETECTORS:
             raise ConfigError(f"unknown detector {detector!r}; use one of {', '.join(DETECTORS)}")
-        det: Detector = DETECTORS[detector]()
+        params = {k: v for k, v in (detector_params or {}).items() if v is not None}
+        try:
+            det: Detector = DETECTORS[detector](**params)
+        except TypeError as exc:
+            raise ConfigError(f"detector {detector!r} does not take {sorted(params)}") from exc
     else:
         det = detector
     algo = create_all(attack, norm=norm, **attack_params)
