@@ -103,7 +103,7 @@ def test_detectors_beat_chance_and_the_adaptive_attack_evades(digits_model, fit_
     fitted = detector.fit(model, fit_x)
     scores = fitted.score(x[:100])
     assert scores.shape == (100,) and torch.isfinite(scores).all()
-    aware = DetectorAwarePGD(detector=fitted, threshold=0.0, steps=50, weight=10.0)
+    aware = DetectorAwarePGD(detector=fitted, threshold=0.0, steps=50, weights=(10.0,))
     out = evaluate_detector(
         model, fitted, x[:150], y[:150], create("pgd", steps=20), THREAT, adaptive=aware
     )
@@ -121,7 +121,7 @@ def test_detectors_beat_chance_and_the_adaptive_attack_evades(digits_model, fit_
 def test_adaptive_attack_lowers_mahalanobis_detection(digits_model, fit_x) -> None:
     model, x, y = digits_model
     fitted = Mahalanobis().fit(model, fit_x)
-    aware = DetectorAwarePGD(detector=fitted, threshold=0.0, steps=50, weight=10.0)
+    aware = DetectorAwarePGD(detector=fitted, threshold=0.0, steps=50, weights=(10.0,))
     out = evaluate_detector(
         model, fitted, x[:150], y[:150], create("pgd", steps=20), THREAT, adaptive=aware
     )

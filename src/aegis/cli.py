@@ -644,9 +644,13 @@ def detect(
         bool, typer.Option("--adaptive/--no-adaptive", help="Also run the adaptive attack.")
     ] = True,
     adaptive_steps: Annotated[int, typer.Option(help="Steps of the adaptive attack.")] = 100,
-    adaptive_weight: Annotated[
-        float, typer.Option(help="Weight of the detector penalty in the adaptive loss.")
-    ] = 1.0,
+    adaptive_weights: Annotated[
+        str,
+        typer.Option(
+            help="Weights of the detector penalty in the adaptive loss, comma-separated: one "
+            "run each, on the inputs the earlier runs did not get through."
+        ),
+    ] = "1,10,0.1",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory for results.json.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Inputs per batch.")] = None,
@@ -686,7 +690,7 @@ def detect(
         labels=labels,
         adaptive=adaptive,
         adaptive_steps=adaptive_steps,
-        adaptive_weight=adaptive_weight,
+        adaptive_weights=_floats(adaptive_weights, "--adaptive-weights") or (),
         seed=seed,
         out=out_dir,
         model_options=_model_options(num_classes, factory, device, batch_size),
@@ -717,6 +721,10 @@ def detect(
             f"(detection rate {_pct(ad['tpr'])} of {ad['successful']} successful); worst case "
             f"of both per input: {_pct(d['worst_case']['robust_accuracy'])}"
         )
+    typer.echo(
+        "combined robust accuracy is an upper bound, not a guarantee: a stronger adaptive "
+        "attack can only lower it"
+    )
     typer.echo(f"results: {Path(results['out_dir']) / 'results.json'}")
 
 

@@ -88,7 +88,8 @@ class FittedDetector(ABC):
         parts = []
         for i in range(0, xt.shape[0], self.model.batch_size):
             xb = xt[i : i + self.model.batch_size].to(self.model.device)
-            parts.append(self.logits_and_score(xb)[1].detach())
+            with torch.no_grad():  # a detector that needs gradients enables them itself
+                parts.append(self.logits_and_score(xb)[1].detach())
         return torch.cat(parts).cpu() if parts else torch.empty(0)
 
 
@@ -382,10 +383,12 @@ DETECTORS: dict[str, type[Detector]] = {"mahalanobis": Mahalanobis, "squeeze": F
 @dataclass(frozen=True, kw_only=True)
 class DetectorAwarePGD(Attack):
     """PGD against classifier + detector together (the adaptive attack of Carlini & Wagner
-    2017, https://arxiv.org/abs/1705.07263): maximize −max(margin, −κ) − weight·relu(score −
+    2017, https://arxiv.org/abs/1705.07263): maximize −max(margin, −κ) − w·relu(score −
     threshold + slack), so the input is misclassified with margin κ while its score drops
-    below the threshold. Each point keeps the first iterate that is misclassified and not
-    flagged; otherwise the last misclassified iterate, otherwise the last one.
+    below the threshold. One run per penalty weight w in ``weights``, each (from a fresh random
+    start) only on the points no earlier run got through, as restarts are. Each point keeps the
+    first iterate that is misclassified and not flagged; otherwise the last misclassified
+    iterate, otherwise the last one.
     """
 
     registry_name: ClassVar[str] = "pgd-detector-aware"
@@ -394,7 +397,7 @@ class DetectorAwarePGD(Attack):
     threshold: float
     steps: int = 100
     step_size: float | None = None  # default 2.5 · eps / steps
-    weight: float = 1.0
+    weights: tuple[float, ...] = (1.0, 10.0, 0.1)
     kappa: float = 2.0
     slack: float = 0.0
     random_start: bool = True
@@ -404,8 +407,10 @@ class DetectorAwarePGD(Attack):
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.step_size is not None and not self.step_size > 0:
             raise ConfigError(f"step_size must be > 0, got {self.step_size}")
-        if not self.weight >= 0 or not self.kappa >= 0 or not self.slack >= 0:
-            raise ConfigError("weight, kappa and slack must be >= 0")
+        if not self.weights or any(not w >= 0 for w in self.weights):
+            raise ConfigError(f"weights must be one or more values >= 0, got {self.weights}")
+        if not self.kappa >= 0 or not self.slack >= 0:
+            raise ConfigError("kappa and slack must be >= 0")
         if not np.isfinite(self.threshold):
             raise ConfigError(f"threshold must be finite, got {self.threshold}")
 
@@ -424,16 +429,45 @@ class DetectorAwarePGD(Attack):
         step = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
         if not np.isfinite(step):
             raise ConfigError("an unbounded threat needs an explicit step_size")
+        out = x.clone()
+        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        kept = torch.zeros_like(done)  # out holds a misclassified iterate
+        for weight in self.weights:
+            idx = (~done).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            t = None if targets is None else targets[idx]
+            adv, hidden, fooled = self._one_run(model, x[idx], y[idx], t, threat, step, weight,
+                                                generator)  # fmt: skip
+            take = hidden | (fooled & ~kept[idx]) | ~(kept[idx] | fooled)
+            out[idx[take]] = adv[take]
+            kept[idx[fooled]] = True
+            done[idx[hidden]] = True
+        return out
+
+    def _one_run(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        step: float,
+        weight: float,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(inputs, hidden, fooled): per point the first hidden iterate, else the last
+        misclassified one, else the last one."""
         x_cur = threat.random_start(x, model.bounds, generator) if self.random_start else x
         out = x_cur.clone()
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        kept = torch.zeros_like(done)  # out holds a misclassified iterate
+        kept = torch.zeros_like(done)
         for number in range(self.steps + 1):
             xg = x_cur.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits, score = self.detector.logits_and_score(xg)
                 m = margin(logits, y, targets)
-                loss = -m.clamp_min(-self.kappa) - self.weight * F.relu(
+                loss = -m.clamp_min(-self.kappa) - weight * F.relu(
                     score - self.threshold + self.slack
                 )
                 (grad,) = torch.autograd.grad(loss.sum(), xg)
@@ -448,7 +482,7 @@ class DetectorAwarePGD(Attack):
             direction = threat.ascent_direction(grad, x=x_cur, bounds=model.bounds)
             x_new = threat.project(x_cur.detach() + step * direction, x, model.bounds)
             x_cur = torch.where(done.view(-1, 1, 1, 1), x_cur, x_new)
-        return torch.where(kept.view(-1, 1, 1, 1), out, x_cur.detach())
+        return torch.where(kept.view(-1, 1, 1, 1), out, x_cur.detach()), done, kept
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -457,7 +491,7 @@ class DetectorAwarePGD(Attack):
             "threshold": self.threshold,
             "steps": self.steps,
             "step_size": self.step_size,
-            "weight": self.weight,
+            "weights": list(self.weights),
             "kappa": self.kappa,
             "slack": self.slack,
             "random_start": self.random_start,
@@ -587,7 +621,7 @@ def run_detect(
     labels: str | Path | None = None,
     adaptive: bool = True,
     adaptive_steps: int = 100,
-    adaptive_weight: float = 1.0,
+    adaptive_weights: Sequence[float] = (1.0, 10.0, 0.1),
     seed: int = 0,
     out: str | Path | None = None,
     model_options: dict[str, Any] | None = None,
@@ -656,7 +690,10 @@ def run_detect(
     fitted = det.fit(clf, fit_x)
     aware: DetectorAwarePGD | bool = (
         DetectorAwarePGD(
-            detector=fitted, threshold=0.0, steps=adaptive_steps, weight=adaptive_weight
+            detector=fitted,
+            threshold=0.0,
+            steps=adaptive_steps,
+            weights=tuple(float(w) for w in adaptive_weights),
         )
         if adaptive
         else False
