@@ -38,10 +38,11 @@ def noisy_digits() -> tuple[Classifier, torch.Tensor, torch.Tensor]:
         torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
     )
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(300):
+    xt, yt = x[200:1000], y[200:1000]
+    for _ in range(150):
         opt.zero_grad()
-        noisy = x[200:] + SIGMA * torch.randn(x[200:].shape, generator=g)
-        F.cross_entropy(net(noisy), y[200:]).backward()
+        noisy = xt + SIGMA * torch.randn(xt.shape, generator=g)
+        F.cross_entropy(net(noisy), yt).backward()
         opt.step()
     model = Classifier(net.eval(), ModelInfo(num_classes=10, input_shape=(1, 8, 8)))
     return model, x[:40], y[:40]

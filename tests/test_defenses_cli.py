@@ -47,14 +47,14 @@ def test_certify_end_to_end(files, cli, tmp_path) -> None:
     assert res["schema"] == "aegis.results/1" and res["kind"] == "certification"
     c = res["certification"]
     assert c["n"] == 6 and [p["radius"] for p in c["certified_accuracy"]] == [0, 0.25, 0.5]
-    assert len(res["records"]["radius"]) == 6
+    assert len(res["certificates"]["radius"]) == len(res["certificates"]["correct"]) == 6
     assert res["config"]["smoothing"]["n0"] == 10
     # same seed, same numbers
     code, _, _ = cli(*args[:-1], str(tmp_path / "again"))
     assert code == EXIT_OK
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     for key in ("prediction", "radius", "p_lower", "count"):
-        assert again["records"][key] == res["records"][key]
+        assert again["certificates"][key] == res["certificates"][key]
 
 
 @pytest.mark.parametrize(

@@ -137,4 +137,6 @@ class Certificates:
         return np.asarray(self.prediction == ABSTAIN)
 
     def to_dict(self) -> dict[str, list[Any]]:
-        return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+        out = {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+        out["correct"] = self.correct.tolist()
+        return out

@@ -412,7 +412,7 @@ def run_certify(
         },
         "certification": certification_summary(cert, grid),
         "seconds": float(cert.seconds.sum()),
-        "records": cert.to_dict(),
+        "certificates": cert.to_dict(),
         "files": {},
     }
     if out is not None:
