@@ -161,3 +161,17 @@ def test_bad_input(digits_model, fit_x, tiny) -> None:
         DetectorAwarePGD(detector=fitted, threshold=0.0)(model, x[:2], y[:2], THREAT)
     with pytest.raises(ConfigError):
         DetectorAwarePGD(detector=fitted, threshold=float("nan"))
+
+
+def test_logits_graph_keeps_the_graph_and_counts_gradients(tiny) -> None:
+    x = torch.rand(3, 1, 8, 8, requires_grad=True)
+    before = tiny.total_gradient
+    out = tiny.logits_graph(x)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    assert g.abs().sum() > 0 and tiny.total_gradient == before + 3
+    assert not any(p.requires_grad for p in tiny.module.parameters())  # type: ignore[union-attr]
+    query_only = Classifier(
+        None, ModelInfo(num_classes=3, input_shape=(1, 8, 8)), query_fn=lambda a: a[:, :3]
+    )
+    with pytest.raises(CapabilityError):
+        query_only.logits_graph(x)
