@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from aegis.records import NORM_FIELDS, Records
+from aegis.errors import ConfigError, DataError
+from aegis.records import NORM_FIELDS, Certificates, Records
 
 
 def _share(num: int, den: int) -> float | None:
@@ -203,4 +204,122 @@ def summarize(
         "norms": norm_stats(rec),
         "calls": call_stats(rec),
         "verdict": verdict(rec, threshold, flags),
+    }
+
+
+# -- certification ------------------------------------------------------------------------
+
+
+def certified_accuracy(cert: Certificates, radius: float) -> float | None:
+    """The share of samples the smoothed classifier gets right with a certified L2 radius of at
+    least ``radius`` (Cohen et al. 2019); an abstain is never correct."""
+    return _share(int((cert.correct & (cert.radius >= radius)).sum()), len(cert))
+
+
+def certification_summary(cert: Certificates, radii: list[float]) -> dict[str, Any]:
+    """Certified accuracy at each radius, the abstain rate and the radius distribution."""
+    ok = cert.correct
+    return {
+        "n": len(cert),
+        "certified_accuracy": [
+            {"radius": float(r), "accuracy": certified_accuracy(cert, float(r))}
+            for r in sorted(radii)
+        ],
+        "accuracy": _share(int(ok.sum()), len(cert)),
+        "abstain_rate": _share(int(cert.abstained.sum()), len(cert)),
+        "median_radius_correct": float(np.median(cert.radius[ok])) if ok.any() else None,
+        "seconds": float(cert.seconds.sum()),
+    }
+
+
+# -- detection ----------------------------------------------------------------------------
+
+
+def roc_auc(clean_scores: np.ndarray, adv_scores: np.ndarray) -> float | None:
+    """Detection ROC-AUC: the probability that an adversarial input scores higher than a clean
+    one, ties counting one half (the Mann–Whitney statistic; equals sklearn's roc_auc_score
+    with adversarial as the positive class)."""
+    neg = np.asarray(clean_scores, np.float64).ravel()
+    pos = np.asarray(adv_scores, np.float64).ravel()
+    if not neg.size or not pos.size:
+        return None
+    both = np.concatenate([neg, pos])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(both.size, np.float64)
+    sorted_vals = both[order]
+    # average ranks of tied values
+    _, first, counts = np.unique(sorted_vals, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    u = ranks[neg.size :].sum() - pos.size * (pos.size + 1) / 2.0
+    return float(u / (pos.size * neg.size))
+
+
+def threshold_at_fpr(clean_scores: np.ndarray, fpr: float = 0.05) -> float:
+    """The smallest threshold that flags (score > threshold) at most ``fpr`` of these clean
+    scores: the (⌊fpr·n⌋+1)-th largest clean score (−inf when every score may be flagged)."""
+    if not 0 <= fpr <= 1:
+        raise ConfigError(f"fpr must be in [0, 1], got {fpr}")
+    s = np.sort(np.asarray(clean_scores, np.float64).ravel())[::-1]
+    if not s.size:
+        raise DataError("threshold_at_fpr needs at least one clean score")
+    if not np.isfinite(s).all():
+        raise DataError("clean scores contain NaN or inf")
+    k = int(np.floor(fpr * s.size + 1e-9))
+    return float(s[k]) if k < s.size else float("-inf")
+
+
+def detection_rate(scores: np.ndarray, threshold: float) -> float | None:
+    """The share of ``scores`` above ``threshold`` (flagged as adversarial)."""
+    s = np.asarray(scores, np.float64).ravel()
+    return _share(int((s > threshold).sum()), s.size)
+
+
+def tpr_at_fpr(
+    clean_scores: np.ndarray, adv_scores: np.ndarray, fpr: float = 0.05
+) -> dict[str, Any]:
+    """True-positive rate on adversarial scores at the threshold chosen on the clean scores
+    for false-positive rate ``fpr``; reports the threshold and the FPR it really gives."""
+    t = threshold_at_fpr(clean_scores, fpr)
+    return {
+        "fpr_target": fpr,
+        "threshold": t,
+        "fpr": detection_rate(clean_scores, t),
+        "tpr": detection_rate(adv_scores, t),
+        "n_clean": int(np.asarray(clean_scores).size),
+        "n_adversarial": int(np.asarray(adv_scores).size),
+    }
+
+
+def handled(rec: Records, adv_detected: np.ndarray) -> np.ndarray:
+    """Per point: the submitted input (``x_adv``) is flagged or classified correctly."""
+    return np.asarray((rec.adv_pred == rec.y) | np.asarray(adv_detected, bool))
+
+
+def worst_case_accuracy(handled_by_attack: list[np.ndarray]) -> float | None:
+    """Combined-system robust accuracy under the per-sample worst case of several attacks:
+    a point counts only if every attack's input for it was handled."""
+    if not handled_by_attack:
+        return None
+    ok = np.logical_and.reduce([np.asarray(h, bool) for h in handled_by_attack])
+    return _share(int(ok.sum()), int(ok.size))
+
+
+def combined_accuracy(
+    rec: Records, clean_detected: np.ndarray, adv_detected: np.ndarray
+) -> dict[str, float | None]:
+    """Accuracy of classifier + detector as one system.
+
+    Clean: a point is right only if it is classified correctly AND not flagged (a false alarm
+    on a clean input is an error). Under attack: the input the attacker submits (``x_adv``, or
+    the clean input for points that were not attacked) is handled if it is flagged OR
+    classified correctly.
+    """
+    clean_ok = (rec.clean_pred == rec.y) & ~np.asarray(clean_detected, bool)
+    adv_ok = handled(rec, adv_detected)
+    return {
+        "clean_accuracy": _share(int(clean_ok.sum()), len(rec)),
+        "robust_accuracy": _share(int(adv_ok.sum()), len(rec)),
+        "classifier_clean_accuracy": clean_accuracy(rec),
+        "classifier_robust_accuracy": adversarial_accuracy(rec),
     }

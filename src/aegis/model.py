@@ -326,6 +326,20 @@ class Classifier:
             (grad,) = torch.autograd.grad(loss.sum(), xg)
         return out.detach(), loss.detach(), grad.detach()
 
+    def logits_graph(self, x: Tensor, *, rows: Tensor | None = None) -> Tensor:
+        """Logits that keep the autograd graph to ``x`` (for losses that need more than one
+        forward or the model's intermediate features, e.g. attacks on a detector), counted as
+        one gradient call per sample. The caller differentiates with ``torch.autograd.grad``
+        with respect to the input only."""
+        if self.module is None:
+            raise CapabilityError(
+                f"{self.name} is query-only (no gradients); use a black-box attack"
+            )
+        self.check_input(x)
+        self._count("gradient", rows, x.shape[0])
+        with torch.enable_grad():
+            return self._forward(x)
+
     def predict(self, x: Tensor) -> Tensor:
         """Predicted labels, in chunks of ``batch_size``."""
         parts = [

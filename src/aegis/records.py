@@ -101,3 +101,42 @@ _DTYPES: dict[str, type] = {
     "gradient_calls": np.int64,
     "seconds": np.float64,
 }
+
+
+ABSTAIN = -1
+"""The prediction of a smoothed classifier that abstains."""
+
+
+@dataclass
+class Certificates:
+    """One row per certified sample (randomized smoothing, see ``aegis.defenses.certification``).
+
+    ``prediction`` is the smoothed classifier's class or ``ABSTAIN`` (−1); ``radius`` is the
+    certified L2 radius (0 for an abstain); ``p_lower`` the lower confidence bound on the top
+    class's probability under noise; ``count`` how many of the ``n`` estimation samples the
+    base classifier gave that class. An abstain is never correct.
+    """
+
+    index: np.ndarray
+    y: np.ndarray
+    prediction: np.ndarray
+    radius: np.ndarray
+    p_lower: np.ndarray
+    count: np.ndarray
+    seconds: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def correct(self) -> np.ndarray:
+        return np.asarray((self.prediction == self.y) & (self.prediction != ABSTAIN))
+
+    @property
+    def abstained(self) -> np.ndarray:
+        return np.asarray(self.prediction == ABSTAIN)
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        out = {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+        out["correct"] = self.correct.tolist()
+        return out

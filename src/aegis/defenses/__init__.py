@@ -1,0 +1,1 @@
+"""Defenses: robust training, preprocessing, detection of adversarial inputs, certification."""

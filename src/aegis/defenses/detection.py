@@ -1,0 +1,744 @@
+"""Detection of adversarial inputs: a detector scores inputs, higher = more adversarial.
+
+A detector's hyper-parameters are a frozen dataclass; ``fit(model, x_clean)`` returns a
+``FittedDetector`` bound to that model, whose ``score(x)`` is a tensor of shape (n,). Inputs
+scoring above ``threshold_at_fpr(clean_scores, fpr)`` are flagged.
+
+- ``Mahalanobis`` (Lee et al. 2018, https://arxiv.org/abs/1807.03888): class-conditional
+  Gaussians with one tied covariance on intermediate features fitted on clean data; the score
+  is the smallest squared Mahalanobis distance to a class mean, standardized by its mean and
+  standard deviation on the fit data and summed over layers (by default only the penultimate
+  layer: the input of the last ``nn.Linear``). The paper's input preprocessing (a step of size
+  ``noise`` that lowers the distance before scoring) is off by default (``noise = 0``).
+- ``FeatureSqueezing`` (Xu et al. 2018, https://arxiv.org/abs/1704.01155): the largest L1
+  distance between the softmax on x and on each squeezed x (default: 1-bit depth and a 2×2
+  median filter, the paper's MNIST squeezers).
+
+Both scores are differentiable (bit-depth reduction with a straight-through gradient, BPDA), so
+``DetectorAwarePGD`` attacks the classifier and the detector together: it pushes
+misclassification while keeping the score below the threshold. ``evaluate_detector`` reports
+ROC-AUC, TPR at a fixed FPR and the combined system's robust accuracy under a non-adaptive
+attack (crafted with ``engine.evaluate``) and under the adaptive one.
+
+    >>> fitted = Mahalanobis().fit(model, x_fit)
+    >>> result = evaluate_detector(model, fitted, x, y, "pgd", ThreatModel("linf", 0.3))
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aegis.attacks.base import Attack, margin
+from aegis.engine import evaluate
+from aegis.errors import CapabilityError, ConfigError, DataError
+from aegis.metrics import (
+    combined_accuracy,
+    detection_rate,
+    handled,
+    roc_auc,
+    threshold_at_fpr,
+    worst_case_accuracy,
+)
+from aegis.model import Classifier
+from aegis.threat import ThreatModel
+
+log = logging.getLogger(__name__)
+
+Squeezer = Callable[[Tensor], Tensor]
+
+__all__ = [
+    "DETECTORS",
+    "Detector",
+    "DetectorAwarePGD",
+    "FeatureSqueezing",
+    "FittedDetector",
+    "Mahalanobis",
+    "evaluate_detector",
+    "threshold_at_fpr",
+]
+
+
+class FittedDetector(ABC):
+    """A detector fitted for one model: ``score(x)`` (higher = more adversarial)."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: Classifier) -> None:
+        self.model = model
+
+    @abstractmethod
+    def logits_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The model's logits and the score of ``x``, both differentiable with respect to
+        ``x`` (one shared forward where the detector allows it)."""
+
+    def score(self, x: Tensor | np.ndarray) -> Tensor:
+        """Scores of a batch, in chunks of the model's batch size, without a graph."""
+        xt = torch.as_tensor(x).float()
+        self.model.check_input(xt)
+        parts = []
+        for i in range(0, xt.shape[0], self.model.batch_size):
+            xb = xt[i : i + self.model.batch_size].to(self.model.device)
+            with torch.no_grad():  # a detector that needs gradients enables them itself
+                parts.append(self.logits_and_score(xb)[1].detach())
+        return torch.cat(parts).cpu() if parts else torch.empty(0)
+
+
+class Detector(ABC):
+    """Hyper-parameters of a detector; ``fit`` returns the fitted detector."""
+
+    @abstractmethod
+    def fit(
+        self, model: Classifier, x_clean: Tensor | np.ndarray, y_clean: Tensor | None = None
+    ) -> FittedDetector:
+        """Fit on clean inputs (labels default to the model's predictions)."""
+
+
+def _require_module(model: Classifier) -> nn.Module:
+    if not isinstance(model.module, nn.Module):
+        raise CapabilityError(
+            f"{model.name} is not a torch module: the detector needs its features or gradients"
+        )
+    return model.module
+
+
+def _as_input(model: Classifier, x: Tensor | np.ndarray, what: str) -> Tensor:
+    xt = torch.as_tensor(x).float()
+    model.check_input(xt)
+    if xt.shape[0] < 2:
+        raise DataError(f"{what} needs at least 2 clean inputs, got {xt.shape[0]}")
+    if not torch.isfinite(xt).all():
+        raise DataError(f"{what}: inputs contain NaN or inf")
+    return xt
+
+
+# -- Mahalanobis ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mahalanobis(Detector):
+    """Mahalanobis-distance detector (Lee et al. 2018) on the model's features.
+
+    Args:
+        layers: names of modules of the torch model (``dict(module.named_modules())``) whose
+            outputs are features (4-D outputs are averaged over space, as in the paper); empty:
+            the penultimate layer (the input of the last ``nn.Linear``).
+        noise: size of the paper's input preprocessing step x − noise·sign(∇ distance), in the
+            model's input units (0: off).
+        ridge: added to the covariance's diagonal before inverting it.
+    """
+
+    layers: tuple[str, ...] = ()
+    noise: float = 0.0
+    ridge: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not self.noise >= 0:
+            raise ConfigError(f"noise must be >= 0, got {self.noise}")
+        if not self.ridge >= 0:
+            raise ConfigError(f"ridge must be >= 0, got {self.ridge}")
+
+    def fit(
+        self, model: Classifier, x_clean: Tensor | np.ndarray, y_clean: Tensor | None = None
+    ) -> FittedMahalanobis:
+        module = _require_module(model)
+        xt = _as_input(model, x_clean, "Mahalanobis.fit")
+        named = dict(module.named_modules())
+        if self.layers:
+            missing = [n for n in self.layers if n not in named or not n]
+            if missing:
+                raise ConfigError(
+                    f"no module named {missing[0]!r} in {model.name}; its modules are "
+                    f"{', '.join(n for n in named if n)}"
+                )
+            taps = [(named[n], False) for n in self.layers]
+        else:
+            linear = [m for m in module.modules() if isinstance(m, nn.Linear)]
+            if not linear:
+                raise CapabilityError(
+                    f"{model.name} has no nn.Linear layer; name the feature layers explicitly"
+                )
+            taps = [(linear[-1], True)]
+        labels = model.predict(xt) if y_clean is None else torch.as_tensor(y_clean).long()
+        if labels.shape != (xt.shape[0],):
+            raise DataError(f"y_clean must have shape ({xt.shape[0]},), got {labels.shape}")
+        feats: list[list[Tensor]] = [[] for _ in taps]
+        for i in range(0, xt.shape[0], model.batch_size):
+            xb = xt[i : i + model.batch_size].to(model.device)
+            with torch.no_grad():
+                for store, f in zip(feats, _features(model, taps, xb)[1], strict=True):
+                    store.append(f.double().cpu())
+        means, precisions = [], []
+        labels = labels.cpu()
+        classes = torch.unique(labels)
+        for store in feats:
+            f = torch.cat(store)
+            mu = torch.stack([f[labels == c].mean(0) for c in classes])
+            centred = f - mu[torch.searchsorted(classes, labels)]
+            cov = centred.T @ centred / f.shape[0]
+            cov = cov + self.ridge * torch.eye(cov.shape[0], dtype=cov.dtype)
+            means.append(mu)
+            precisions.append(torch.linalg.pinv(cov, hermitian=True))
+        fitted = FittedMahalanobis(model, self, taps, means, precisions, classes)
+        with torch.no_grad():
+            raw = torch.cat(
+                [
+                    fitted._raw(xt[i : i + model.batch_size].to(model.device))
+                    for i in range(0, xt.shape[0], model.batch_size)
+                ]
+            ).cpu()
+        fitted.centre = raw.mean(0)
+        fitted.scale = raw.std(0).clamp_min(1e-12)
+        return fitted
+
+
+def _features(
+    model: Classifier, taps: list[tuple[nn.Module, bool]], x: Tensor
+) -> tuple[Tensor, list[Tensor]]:
+    """Logits and the features at ``taps`` (module, take its input) for ``x``, keeping the
+    graph when gradients are enabled."""
+    captured: list[Tensor | None] = [None] * len(taps)
+    handles = []
+
+    def keep(i: int, value: Tensor) -> None:
+        v = value.mean((2, 3)) if value.ndim == 4 else value.flatten(1)
+        captured[i] = v
+
+    try:
+        for i, (m, take_input) in enumerate(taps):
+            if take_input:
+                handles.append(
+                    m.register_forward_pre_hook(lambda _m, args, i=i: keep(i, args[0]))  # type: ignore[misc]
+                )
+            else:
+                handles.append(
+                    m.register_forward_hook(lambda _m, _a, out, i=i: keep(i, out))  # type: ignore[misc]
+                )
+    except RuntimeError as exc:  # TorchScript modules take no hooks
+        for h in handles:
+            h.remove()
+        raise CapabilityError(
+            f"cannot read the features of {model.name} ({exc}); load it as a state dict with "
+            "--factory, or use the squeeze detector"
+        ) from exc
+    try:
+        logits = model.logits_graph(x) if torch.is_grad_enabled() else model.logits(x)
+    finally:
+        for h in handles:
+            h.remove()
+    out = [c for c in captured if c is not None]
+    if len(out) != len(taps):
+        raise CapabilityError("a feature layer was not used in the forward pass")
+    return logits, out
+
+
+class FittedMahalanobis(FittedDetector):
+    name = "mahalanobis"
+
+    def __init__(
+        self,
+        model: Classifier,
+        config: Mahalanobis,
+        taps: list[tuple[nn.Module, bool]],
+        means: list[Tensor],
+        precisions: list[Tensor],
+        classes: Tensor,
+    ) -> None:
+        super().__init__(model)
+        self.config = config
+        self.taps = taps
+        dev = model.device
+        self.means = [m.float().to(dev) for m in means]
+        self.precisions = [p.float().to(dev) for p in precisions]
+        self.classes = classes
+        self.centre = torch.zeros(len(taps))
+        self.scale = torch.ones(len(taps))
+
+    def _distances(self, feats: list[Tensor]) -> Tensor:
+        """(n, layers): the smallest squared Mahalanobis distance to a class mean per layer."""
+        cols = []
+        for f, mu, prec in zip(feats, self.means, self.precisions, strict=True):
+            f = f.float()
+            fp = f @ prec
+            d = (fp * f).sum(1, keepdim=True) - 2 * fp @ mu.T + ((mu @ prec) * mu).sum(1)[None]
+            cols.append(d.clamp_min(0).amin(1))
+        return torch.stack(cols, 1)
+
+    def _raw(self, x: Tensor) -> Tensor:
+        return self._distances(_features(self.model, self.taps, x)[1])
+
+    def _combine(self, raw: Tensor) -> Tensor:
+        centre, scale = self.centre.to(raw.device), self.scale.to(raw.device)
+        return ((raw - centre) / scale).sum(1)
+
+    def logits_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.config.noise > 0:
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                d = self._combine(self._raw(xg)).sum()
+                (g,) = torch.autograd.grad(d, xg)
+            lo, hi = self.model.bounds
+            x = (x - self.config.noise * g.sign()).clamp(lo, hi)
+        logits, feats = _features(self.model, self.taps, x)
+        return logits, self._combine(self._distances(feats))
+
+
+# -- feature squeezing ------------------------------------------------------------------------
+# _bit_depth and _median: to be replaced by aegis.defenses.preprocessing once merged.
+
+
+def _bit_depth(x: Tensor, bits: int) -> Tensor:
+    """Reduce [0, 1] inputs to ``bits`` bits; straight-through (identity) gradient (BPDA)."""
+    levels = 2**bits - 1
+    squeezed = torch.round(x.clamp(0, 1) * levels) / levels
+    out: Tensor = x + (squeezed - x).detach()
+    return out
+
+
+def _median(x: Tensor, size: int) -> Tensor:
+    """Median filter over ``size``×``size`` windows per channel (reflect padding; for even
+    sizes the lower middle value)."""
+    if size <= 1:
+        return x
+    lo, hi = (size - 1) // 2, size // 2
+    padded = F.pad(x, (lo, hi, lo, hi), mode="reflect" if min(x.shape[2:]) > hi else "replicate")
+    windows = padded.unfold(2, size, 1).unfold(3, size, 1)
+    return windows.reshape(*windows.shape[:4], -1).median(-1).values
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureSqueezing(Detector):
+    """Feature squeezing (Xu et al. 2018): score = max over squeezers of ‖softmax(x) −
+    softmax(squeeze(x))‖₁.
+
+    Args:
+        bits: bit depth of the bit-depth squeezer (0: none).
+        median_size: window of the median-filter squeezer (0 or 1: none).
+        squeezers: squeezers to use instead of the two above (functions of [0, 1] NCHW inputs).
+    """
+
+    bits: int = 1
+    median_size: int = 2
+    squeezers: tuple[Squeezer, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.bits <= 16:
+            raise ConfigError(f"bits must be in [0, 16], got {self.bits}")
+        if self.median_size < 0:
+            raise ConfigError(f"median_size must be >= 0, got {self.median_size}")
+        if not self.chain():
+            raise ConfigError("feature squeezing needs at least one squeezer")
+
+    def chain(self) -> list[Squeezer]:
+        if self.squeezers:
+            return list(self.squeezers)
+        out: list[Squeezer] = []
+        if self.bits:
+            bits = self.bits
+            out.append(lambda x: _bit_depth(x, bits))
+        if self.median_size > 1:
+            size = self.median_size
+            out.append(lambda x: _median(x, size))
+        return out
+
+    def fit(
+        self, model: Classifier, x_clean: Tensor | np.ndarray, y_clean: Tensor | None = None
+    ) -> FittedSqueezing:
+        _require_module(model)
+        _as_input(model, x_clean, "FeatureSqueezing.fit")
+        return FittedSqueezing(model, self.chain())
+
+
+class FittedSqueezing(FittedDetector):
+    name = "squeeze"
+
+    def __init__(self, model: Classifier, squeezers: Sequence[Squeezer]) -> None:
+        super().__init__(model)
+        self.squeezers = list(squeezers)
+
+    def logits_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        grad = torch.is_grad_enabled()
+        forward = self.model.logits_graph if grad else self.model.logits
+        logits = forward(x)
+        p = logits.softmax(1)
+        dists = [(p - forward(s(x)).softmax(1)).abs().sum(1) for s in self.squeezers]
+        return logits, torch.stack(dists, 1).amax(1)
+
+
+DETECTORS: dict[str, type[Detector]] = {"mahalanobis": Mahalanobis, "squeeze": FeatureSqueezing}
+
+
+# -- the adaptive attack ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectorAwarePGD(Attack):
+    """PGD against classifier + detector together (the adaptive attack of Carlini & Wagner
+    2017, https://arxiv.org/abs/1705.07263): maximize −max(margin, −κ) − w·relu(score −
+    threshold + slack), so the input is misclassified with margin κ while its score drops
+    below the threshold. One run per penalty weight w in ``weights``, each (from a fresh random
+    start) only on the points no earlier run got through, as restarts are. Each point keeps the
+    first iterate that is misclassified and not flagged; otherwise the last misclassified
+    iterate, otherwise the last one.
+    """
+
+    registry_name: ClassVar[str] = "pgd-detector-aware"
+
+    detector: FittedDetector
+    threshold: float
+    steps: int = 100
+    step_size: float | None = None  # default 2.5 · eps / steps
+    weights: tuple[float, ...] = (1.0, 10.0, 0.1)
+    kappa: float = 2.0
+    slack: float = 0.0
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ConfigError(f"step_size must be > 0, got {self.step_size}")
+        if not self.weights or any(not w >= 0 for w in self.weights):
+            raise ConfigError(f"weights must be one or more values >= 0, got {self.weights}")
+        if not self.kappa >= 0 or not self.slack >= 0:
+            raise ConfigError("kappa and slack must be >= 0")
+        if not np.isfinite(self.threshold):
+            raise ConfigError(f"threshold must be finite, got {self.threshold}")
+
+    def run(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        *,
+        targets: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        if self.detector.model is not model:
+            raise ConfigError("the detector was fitted for another model")
+        step = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
+        if not np.isfinite(step):
+            raise ConfigError("an unbounded threat needs an explicit step_size")
+        out = x.clone()
+        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        kept = torch.zeros_like(done)  # out holds a misclassified iterate
+        for weight in self.weights:
+            idx = (~done).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            t = None if targets is None else targets[idx]
+            adv, hidden, fooled = self._one_run(model, x[idx], y[idx], t, threat, step, weight,
+                                                generator)  # fmt: skip
+            take = hidden | (fooled & ~kept[idx]) | ~(kept[idx] | fooled)
+            out[idx[take]] = adv[take]
+            kept[idx[fooled]] = True
+            done[idx[hidden]] = True
+        return out
+
+    def _one_run(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        step: float,
+        weight: float,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(inputs, hidden, fooled): per point the first hidden iterate, else the last
+        misclassified one, else the last one."""
+        x_cur = threat.random_start(x, model.bounds, generator) if self.random_start else x
+        out = x_cur.clone()
+        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        kept = torch.zeros_like(done)
+        for number in range(self.steps + 1):
+            xg = x_cur.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits, score = self.detector.logits_and_score(xg)
+                m = margin(logits, y, targets)
+                loss = -m.clamp_min(-self.kappa) - weight * F.relu(
+                    score - self.threshold + self.slack
+                )
+                (grad,) = torch.autograd.grad(loss.sum(), xg)
+            fooled = (m < 0).detach()
+            hidden = fooled & (score.detach() <= self.threshold)
+            take = ~done & fooled
+            out[take] = x_cur[take].detach()
+            kept |= take
+            done |= hidden
+            if bool(done.all()) or number == self.steps:
+                break
+            direction = threat.ascent_direction(grad, x=x_cur, bounds=model.bounds)
+            x_new = threat.project(x_cur.detach() + step * direction, x, model.bounds)
+            x_cur = torch.where(done.view(-1, 1, 1, 1), x_cur, x_new)
+        return torch.where(kept.view(-1, 1, 1, 1), out, x_cur.detach()), done, kept
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.registry_name,
+            "detector": self.detector.name,
+            "threshold": self.threshold,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "weights": list(self.weights),
+            "kappa": self.kappa,
+            "slack": self.slack,
+            "random_start": self.random_start,
+        }
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+
+def evaluate_detector(
+    model: Classifier,
+    detector: FittedDetector,
+    x: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    attack: Attack | Sequence[Attack],
+    threat: ThreatModel,
+    *,
+    fpr: float = 0.05,
+    adaptive: DetectorAwarePGD | bool = True,
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Detection metrics of a fitted detector against an attack, and against the adaptive one.
+
+    The attack runs through ``engine.evaluate`` (only correctly classified points are
+    attacked). The threshold is chosen on the clean scores of ``x`` for ``fpr``; ROC-AUC and
+    TPR use the successful adversarial examples; the combined-system accuracies count a false
+    alarm on a clean input as an error and a flagged adversarial input as handled
+    (``metrics.combined_accuracy``). ``adaptive``: True for a ``DetectorAwarePGD`` with its
+    defaults (steps 100) at the same threat, an instance to set its parameters, or False. The
+    adaptive attack also runs on misclassified points (an attacker hides those too).
+    """
+    xt = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
+    yt = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
+    clean = detector.score(xt).numpy().astype(np.float64)
+    t = threshold_at_fpr(clean, fpr)
+    clean_flag = clean > t
+    ev = evaluate(model, xt, yt, attack, threat, batch_size=batch_size, seed=seed)
+    out: dict[str, Any] = {
+        "detector": detector.name,
+        "fpr": fpr,
+        "threshold": t,
+        "n": len(ev.records),
+        "clean_flagged": float(clean_flag.mean()) if clean.size else None,
+        "attack": ev.config["attack"],
+        "threat": threat.to_dict(),
+        "non_adaptive": _attack_metrics(detector, ev.records, ev.x_adv, clean, t, clean_flag),
+        "seconds": ev.seconds,
+    }
+    if adaptive is not False:
+        aware = (
+            adaptive
+            if isinstance(adaptive, DetectorAwarePGD)
+            else DetectorAwarePGD(detector=detector, threshold=t)
+        )
+        if aware.threshold != t:
+            aware = DetectorAwarePGD(**{**_fields(aware), "threshold": t})
+        ev2 = evaluate(
+            model,
+            xt,
+            yt,
+            aware,
+            threat,
+            batch_size=batch_size,
+            seed=seed,
+            attack_misclassified=True,
+        )
+        out["adaptive"] = {
+            "attack": aware.to_dict(),
+            **_attack_metrics(detector, ev2.records, ev2.x_adv, clean, t, clean_flag),
+        }
+        # The attacker submits, per point, whichever input gets through: the headline.
+        out["worst_case"] = {
+            "robust_accuracy": worst_case_accuracy(
+                [out["non_adaptive"].pop("_handled"), out["adaptive"].pop("_handled")]
+            )
+        }
+        out["seconds"] += ev2.seconds
+    else:
+        out["non_adaptive"].pop("_handled")
+    return out
+
+
+def _fields(attack: DetectorAwarePGD) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(attack, f.name) for f in fields(attack)}
+
+
+def _attack_metrics(
+    detector: FittedDetector,
+    rec: Any,
+    x_adv: np.ndarray,
+    clean: np.ndarray,
+    threshold: float,
+    clean_flag: np.ndarray,
+) -> dict[str, Any]:
+    adv = detector.score(x_adv).numpy().astype(np.float64)
+    ok = rec.success
+    return {
+        "successful": int(ok.sum()),
+        "attacked": int(rec.attacked.sum()),
+        "roc_auc": roc_auc(clean, adv[ok]),
+        "tpr": detection_rate(adv[ok], threshold),
+        "fpr": detection_rate(clean, threshold),
+        "combined": combined_accuracy(rec, clean_flag, adv > threshold),
+        "_handled": handled(rec, adv > threshold),
+    }
+
+
+# -- the Python call behind ``aegis detect`` ---------------------------------------------------
+
+
+def run_detect(
+    model: Classifier | str | Path,
+    data: Any,
+    *,
+    detector: Detector | str = "mahalanobis",
+    detector_params: dict[str, Any] | None = None,
+    attack: str = "pgd",
+    norm: str = "linf",
+    eps: float = 0.3,
+    fpr: float = 0.05,
+    fit_limit: int = 1000,
+    limit: int | None = None,
+    fit_data: Any = None,
+    labels: str | Path | None = None,
+    adaptive: bool = True,
+    adaptive_steps: int = 100,
+    adaptive_weights: Sequence[float] = (1.0, 10.0, 0.1),
+    seed: int = 0,
+    out: str | Path | None = None,
+    model_options: dict[str, Any] | None = None,
+    data_options: dict[str, Any] | None = None,
+    **attack_params: Any,
+) -> dict[str, Any]:
+    """Fit a detector on clean data, evaluate it against ``attack`` and the adaptive attack,
+    and return (and write to ``out``/results.json) the results.
+
+    The detector is fitted on ``fit_data`` (default: the ``train`` split of a built-in
+    ``data``, else the inputs after the first ``limit``), at most ``fit_limit`` inputs, with the
+    model's predictions as labels; it is evaluated on the first ``limit`` inputs of ``data``.
+    ``detector_params`` are the named detector's hyper-parameters (None values are skipped)."""
+    import datetime as dt
+    import sys
+
+    from aegis.api import _as_classifier, _as_dataset, check_compatible
+    from aegis.io import rundir
+    from aegis.registry import create_all
+
+    if fit_limit < 2:
+        raise ConfigError(f"fit_limit must be >= 2, got {fit_limit}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {limit}")
+    if isinstance(detector, str):
+        if detector not in DETECTORS:
+            raise ConfigError(f"unknown detector {detector!r}; use one of {', '.join(DETECTORS)}")
+        params = {k: v for k, v in (detector_params or {}).items() if v is not None}
+        try:
+            det: Detector = DETECTORS[detector](**params)
+        except TypeError as exc:
+            raise ConfigError(f"detector {detector!r} does not take {sorted(params)}") from exc
+    else:
+        det = detector
+    algo = create_all(attack, norm=norm, **attack_params)
+    threat = ThreatModel(norm, eps)
+    options = dict(data_options or {})
+    full = _as_dataset(data, labels, options)
+    dataset = full.subset(limit) if limit is not None else full
+    if fit_data is not None:
+        fit_set = _as_dataset(fit_data, None, options)
+        fit_x = fit_set.x[:fit_limit]
+        fit_source = "fit data"
+    elif (
+        isinstance(data, str)
+        and data in _builtin_names()
+        and options.get("split")
+        in (
+            None,
+            "test",
+        )
+    ):
+        fit_set = _as_dataset(data, None, {**options, "split": "train"})
+        fit_x = fit_set.x[:fit_limit]
+        fit_source = f"{data} train split"
+    else:
+        start = len(dataset.x)
+        fit_x = full.x[start : start + fit_limit]
+        fit_source = f"inputs {start}..{start + len(fit_x) - 1} of the data"
+    if len(fit_x) < 2:
+        raise DataError(
+            "no clean inputs left to fit the detector on; pass --fit-data or a smaller --limit"
+        )
+    clf = _as_classifier(model, dataset, dict(model_options or {}))
+    y = check_compatible(clf, dataset)
+    fitted = det.fit(clf, fit_x)
+    aware: DetectorAwarePGD | bool = (
+        DetectorAwarePGD(
+            detector=fitted,
+            threshold=0.0,
+            steps=adaptive_steps,
+            weights=tuple(float(w) for w in adaptive_weights),
+        )
+        if adaptive
+        else False
+    )
+    metrics = evaluate_detector(
+        clf, fitted, dataset.x, y, algo, threat, fpr=fpr, adaptive=aware, seed=seed
+    )
+    results: dict[str, Any] = {
+        "schema": rundir.SCHEMA,
+        "kind": "detection",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": sys.argv if sys.argv and sys.argv[0].endswith("aegis") else None,
+        "versions": rundir.versions(),
+        "seed": seed,
+        "model": clf.describe(),
+        "data": dataset.to_dict(),
+        "config": {
+            "detector": {"name": fitted.name, **_describe(det)},
+            "fit": {"source": fit_source, "n": len(fit_x), "labels": "model predictions"},
+            "fpr": fpr,
+        },
+        "detection": metrics,
+        "seconds": metrics["seconds"],
+        "files": {},
+    }
+    if out is not None:
+        out_dir = rundir.prepare(Path(out))
+        rundir.write_json(out_dir / "results.json", results)
+        results["out_dir"] = str(out_dir)
+    return results
+
+
+def _builtin_names() -> set[str]:
+    from aegis.io.data import BUILTINS
+
+    return set(BUILTINS)
+
+
+def _describe(det: Detector) -> dict[str, Any]:
+    from dataclasses import fields, is_dataclass
+
+    if not is_dataclass(det):
+        return {}
+    out: dict[str, Any] = {}
+    for f in fields(det):
+        v = getattr(det, f.name)
+        out[f.name] = [getattr(s, "__name__", repr(s)) for s in v] if f.name == "squeezers" else v
+    return out
