@@ -300,12 +300,18 @@ class Classifier:
             )
         return torch.from_numpy(out.astype(np.float32)).to(x.device)
 
-    def logits(self, x: Tensor, *, rows: Tensor | None = None) -> Tensor:
-        """Logits of a batch, without gradients, counted as one forward call per sample."""
+    def logits(
+        self, x: Tensor, *, rows: Tensor | None = None, through_module: bool = False
+    ) -> Tensor:
+        """Logits of a batch, without gradients, counted as one forward call per sample.
+        ``through_module``: call the module itself, never the frozen copy (its forward hooks
+        fire, e.g. to read intermediate features)."""
         self.check_input(x)
         self._count("forward", rows, x.shape[0])
         with torch.no_grad():
-            return self._forward(x, plain=True) if self.module is not None else self._query(x)
+            if self.module is None:
+                return self._query(x)
+            return self._forward(x, plain=not through_module)
 
     __call__ = logits
 

@@ -231,7 +231,11 @@ def _features(
             "--factory, or use the squeeze detector"
         ) from exc
     try:
-        logits = model.logits_graph(x) if torch.is_grad_enabled() else model.logits(x)
+        logits = (
+            model.logits_graph(x)
+            if torch.is_grad_enabled()
+            else model.logits(x, through_module=True)
+        )
     finally:
         for h in handles:
             h.remove()
