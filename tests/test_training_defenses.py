@@ -28,7 +28,7 @@ from aegis.errors import ConfigError
 from aegis.io.data import load_dataset
 from aegis.model import Classifier
 from aegis.threat import ThreatModel
-from aegis.zoo import TrainResult, load_reference, train_reference
+from aegis.zoo import RECIPES, TrainResult, load_reference, train_reference
 from aegis.zoo.train import checkpoint_path, model_filename, resolve_defense
 
 DEFENSES = ("pgd-at", "trades", "fast-at", "mart")
@@ -265,6 +265,9 @@ def test_registry_metadata() -> None:
     for spec in list_training_defenses():
         assert spec.paper.startswith("https://") and spec.needs and spec.summary
     assert get_training_spec("pgd").name == "pgd-at"
+    # Fast-AT on MNIST takes Wong et al.'s peak LR; PGD-AT keeps the earlier recipe's.
+    assert RECIPES["mnist"].lr_for("fast-at") == 5e-3
+    assert RECIPES["mnist"].lr_for("pgd-at") == RECIPES["mnist"].lr_for(None) == 2e-3
 
 
 # -- bad input -------------------------------------------------------------------------------

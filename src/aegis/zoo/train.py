@@ -75,11 +75,24 @@ class Recipe:
     adv_shift: int  # the same for adversarial training (it slows down robust learning)
     attack_steps: int
     eps_ramp: float  # share of the training steps over which ε grows linearly from 0
+    defense_lr: tuple[tuple[str, float], ...] = ()  # per-defense peak learning rates
+
+    def lr_for(self, defense: str | None) -> float:
+        return dict(self.defense_lr).get(defense or "", self.lr)
 
 
 RECIPES: dict[str, Recipe] = {
+    # Fast-AT on MNIST takes Wong et al.'s peak learning rate (5e-3): with the shared 2e-3 it
+    # reached 19% PGD-20 robust accuracy after 5 epochs at eps 0.3, with 5e-3 44%.
     "mnist": Recipe(
-        epochs=16, adv_epochs=10, lr=2e-3, shift=2, adv_shift=0, attack_steps=10, eps_ramp=0.4
+        epochs=16,
+        adv_epochs=10,
+        lr=2e-3,
+        shift=2,
+        adv_shift=0,
+        attack_steps=10,
+        eps_ramp=0.4,
+        defense_lr=(("fast-at", 5e-3),),
     ),
     "digits": Recipe(
         epochs=30, adv_epochs=30, lr=3e-3, shift=0, adv_shift=0, attack_steps=7, eps_ramp=0.3
@@ -176,7 +189,8 @@ def train_reference(
         progress: show a rich progress bar over the batches.
         force: retrain even if a model with the same hyper-parameters exists.
         resume: continue from ``<model>.ckpt.pt`` when it holds the same hyper-parameters.
-        lr: peak learning rate of Adam with a one-cycle schedule (default per dataset).
+        lr: peak learning rate of Adam with a one-cycle schedule (default per dataset, and
+            per defense where ``Recipe.defense_lr`` says so).
         augment_shift: random translation by up to this many pixels (default per dataset).
         attack_steps: steps of the iterative crafting attack per batch (default per dataset;
             ``fast-at`` always takes one).
@@ -215,7 +229,7 @@ def train_reference(
         "batch_size": batch_size,
         "optimizer": "adam",
         "schedule": "onecycle",
-        "lr": lr if lr is not None else recipe.lr,
+        "lr": lr if lr is not None else recipe.lr_for(name),
         "augment_shift": augment_shift if augment_shift is not None else default_shift,
     }
     if strategy is not None:
