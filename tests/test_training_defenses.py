@@ -343,3 +343,12 @@ def test_cli_train_bad_input(cli, tmp_path: Path, args: tuple[str, ...], message
     assert code == EXIT_ERROR
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def test_checkpoint_with_code_is_never_unpickled(tmp_path: Path) -> None:
+    ckpt = tmp_path / "m.ckpt.pt"
+    torch.save({"version": 1, "params_hash": "h", "hook": print}, ckpt)  # a callable inside
+    assert train_mod._load_checkpoint(ckpt, "h") is None  # refused by weights_only, ignored
+    torch.save({"version": 1, "params_hash": "h", "epoch": 1}, ckpt)
+    assert train_mod._load_checkpoint(ckpt, "h") == {"version": 1, "params_hash": "h", "epoch": 1}
+    assert train_mod._load_checkpoint(ckpt, "other") is None

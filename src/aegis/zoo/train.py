@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -518,7 +519,9 @@ def _load_checkpoint(path: Path, digest: str) -> dict[str, Any] | None:
         return None
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # a truncated or foreign file: start over, and say so
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        # A truncated file, a foreign one, or one holding objects other than tensors and
+        # primitive types (refused by weights_only): start over, and say so.
         log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, exc)
         return None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
