@@ -1,0 +1,197 @@
+"""Robust training: aegis' defenses against ART's trainers, same data, model, epochs and ε.
+
+Each trainer fits ``aegis.zoo.architectures.mnist_cnn`` on the built-in MNIST train split (the
+trainer's 4,000 images) at ε = 0.3 L∞ with batch size 64, then every model is scored on the
+same first N test points by the same aegis attack: APGD-CE (100 steps) followed by APGD-T
+(100 steps × 9 target classes) on the points APGD-CE did not break — per-sample worst case.
+
+Pairs (aegis ↔ ART):
+  pgd-at  ↔ AdversarialTrainerMadryPGD        (10-step PGD, step 2.5·ε/10 for both)
+  trades  ↔ AdversarialTrainerTRADESPyTorch   (β = 6; ART crafts with its CE PGD, 10 steps)
+  fast-at ↔ AdversarialTrainerFBFPyTorch      (FGSM from a random start, step 1.25·ε)
+  mart    ↔ (no ART counterpart)
+
+aegis trains with its recipe (Adam, one-cycle LR peaking at 2e-3 — 5e-3 for fast-at, as in
+Wong et al.'s MNIST setting — and ε ramped over the first 40% of the steps); ART's trainers
+with theirs: Adam at a constant 2e-3 for Madry and TRADES, and SGD (momentum 0.9) for FBF,
+whose own schedule sets the LR (a triangle peaking at 0.21).
+Wall time is the training only (not the evaluation). Run by hand, one thread:
+
+    .venv/bin/python bench/bench_training.py [--epochs 10] [--n 500] \
+        [--defenses fast-at,trades,pgd-at,mart] [--peers art] [--out /tmp/bench_training]
+
+Every finished trainer appends one JSON line to ``<out>/results.jsonl`` so that a long run
+that is cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aegis.engine import evaluate
+from aegis.io.data import load_dataset
+from aegis.model import Classifier, ModelInfo
+from aegis.registry import create
+from aegis.threat import ThreatModel
+from aegis.zoo.architectures import mnist_cnn
+from aegis.zoo.train import RECIPES, load_reference, train_reference
+
+EPS, BATCH, LR, STEPS = 0.3, 64, 2e-3, 10
+ART_PEER = {"pgd-at": "art-madry-pgd", "trades": "art-trades", "fast-at": "art-fbf"}
+
+
+def robust_eval(clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    attacks = [create("apgd-ce", steps=100), create("apgd-t", steps=100)]
+    t0 = time.perf_counter()
+    ev = evaluate(clf, x, y, attacks, ThreatModel("linf", EPS), seed=0)
+    rec = ev.records
+    clean = rec.clean_pred == rec.y
+    return {
+        "clean_accuracy": float(clean.mean()),
+        "robust_accuracy": float((clean & ~rec.success).mean()),
+        "eval_seconds": time.perf_counter() - t0,
+    }
+
+
+def train_aegis(defense: str, epochs: int, out: Path) -> tuple[Classifier, float]:
+    result = train_reference(
+        "mnist",
+        out_dir=out,
+        defense=defense,
+        epochs=epochs,
+        eps=EPS,
+        batch_size=BATCH,
+        progress=False,
+        force=True,
+        eval_steps=1,  # the trainer's own PGD score is not used here
+    )
+    meta = json.loads(result.sidecar_path.read_text())
+    return load_reference(result.model_path), float(meta["train_seconds"])
+
+
+def train_art(peer: str, epochs: int, seed: int = 0) -> tuple[Classifier, float]:
+    from art.attacks.evasion import ProjectedGradientDescent
+    from art.defences.trainer import (
+        AdversarialTrainerFBFPyTorch,
+        AdversarialTrainerMadryPGD,
+        AdversarialTrainerTRADESPyTorch,
+    )
+    from art.estimators.classification import PyTorchClassifier
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    train = load_dataset("mnist", split="train")
+    xt, yt = train.tensors()
+    assert yt is not None
+    x, y = xt.numpy().astype(np.float32), np.eye(10, dtype=np.float32)[yt.numpy()]  # one-hot
+    net = mnist_cnn()
+    opt: torch.optim.Optimizer = (
+        torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
+        if peer == "art-fbf"
+        else torch.optim.Adam(net.parameters(), lr=LR)
+    )
+    art_clf = PyTorchClassifier(
+        model=net,
+        loss=torch.nn.CrossEntropyLoss(),
+        optimizer=opt,
+        input_shape=(1, 28, 28),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
+    step = 2.5 * EPS / STEPS
+    t0 = time.perf_counter()
+    if peer == "art-madry-pgd":
+        madry = AdversarialTrainerMadryPGD(
+            art_clf, nb_epochs=epochs, batch_size=BATCH, eps=EPS, eps_step=step, max_iter=STEPS
+        )
+        madry.fit(x, y)
+    elif peer == "art-trades":
+        pgd = ProjectedGradientDescent(
+            art_clf,
+            norm=np.inf,
+            eps=EPS,
+            eps_step=step,
+            max_iter=STEPS,
+            batch_size=BATCH,
+            verbose=False,
+        )
+        AdversarialTrainerTRADESPyTorch(art_clf, pgd, beta=6.0).fit(
+            x, y, batch_size=BATCH, nb_epochs=epochs
+        )
+    elif peer == "art-fbf":
+        AdversarialTrainerFBFPyTorch(art_clf, eps=EPS).fit(x, y, batch_size=BATCH, nb_epochs=epochs)
+    else:
+        raise SystemExit(f"unknown peer {peer}")
+    seconds = time.perf_counter() - t0
+    net.eval()
+    info = ModelInfo(num_classes=10, input_shape=(1, 28, 28))
+    return Classifier(net, info, name=peer), seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--epochs", type=int, default=RECIPES["mnist"].adv_epochs)
+    ap.add_argument("--n", type=int, default=500, help="test points for the robust accuracy")
+    ap.add_argument("--defenses", default="fast-at,trades,pgd-at,mart")
+    ap.add_argument("--peers", default="art", help="'art' to train ART's counterparts, 'none'")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_training"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "results.jsonl"
+    test = load_dataset("mnist", split="test").subset(args.n)
+    x, y = test.tensors()
+    assert y is not None
+
+    rows: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, clf: Classifier, seconds: float) -> None:
+        row = {"trainer": name, "train_seconds": seconds, **robust_eval(clf, x, y)}
+        row.update(epochs=args.epochs, n=args.n, eps=EPS, threads=torch.get_num_threads())
+        rows[name] = row
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(
+            f"{name:16s} train {seconds:8.1f} s  clean {row['clean_accuracy']:.3f}  "
+            f"robust {row['robust_accuracy']:.3f}  (eval {row['eval_seconds']:.0f} s)",
+            flush=True,
+        )
+
+    for defense in [d.strip() for d in args.defenses.split(",") if d.strip()]:
+        clf, seconds = train_aegis(defense, args.epochs, args.out)
+        record(f"aegis {defense}", clf, seconds)
+        peer = ART_PEER.get(defense)
+        if args.peers == "art" and peer is not None:
+            clf, seconds = train_art(peer, args.epochs)
+            record(peer, clf, seconds)
+
+    print(
+        f"\nMNIST 4,000 train / first {args.n} test, eps {EPS} linf, {args.epochs} epochs, "
+        "APGD-CE-100 then APGD-T-100x9 (per-sample worst case), 1 thread"
+    )
+    print(f"{'pair':28s} {'robust ÷ ART':>12s} {'time ÷ ART':>10s}")
+    for defense, peer in ART_PEER.items():
+        ours, theirs = rows.get(f"aegis {defense}"), rows.get(peer)
+        if ours is None or theirs is None:
+            continue
+        ratio = (
+            ours["robust_accuracy"] / theirs["robust_accuracy"]
+            if theirs["robust_accuracy"] > 0
+            else float("inf")
+        )
+        print(
+            f"{defense + ' / ' + peer:28s} {ratio:12.3f} "
+            f"{ours['train_seconds'] / theirs['train_seconds']:10.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
