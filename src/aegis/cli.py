@@ -481,7 +481,7 @@ def _print_defense(defense: dict[str, Any], m: dict[str, Any], console: Any) -> 
         nv = defense["naive"]
         console.print(
             f"accuracy under attack, naive (MISLEADING: gradients through the raw "
-            f"preprocessing, one random draw): {_pct(nv['adversarial_accuracy'])}",
+            f"preprocessing, one draw of random steps): {_pct(nv['adversarial_accuracy'])}",
             markup=False,
         )
 
