@@ -277,6 +277,8 @@ def test_api_option_errors(digits_model) -> None:
         run_attack(model, arrays, attack="fgsm", compare_naive=True)
     with pytest.raises(ConfigError, match="drop --eot-samples"):
         run_attack(model, arrays, attack="fgsm", preprocess=["jpeg"], adaptive=False, eot_samples=4)
+    given = run_attack(defend(model, ["jpeg"]), arrays, attack="fgsm", compare_naive=True)
+    assert given.results["defense"]["naive"]["misleading"]
     with pytest.raises(ConfigError, match="already defended"):
         defend(defend(model, ["jpeg"]), ["median"])
 

@@ -167,7 +167,8 @@ def run_attack(
             "(write 0.9 for 90%)"
         )
     steps = [parse_preprocess(p) for p in preprocess or []]
-    if not steps and (compare_naive or not adaptive or eot_samples is not None):
+    defended = bool(steps) or isinstance(model, DefendedClassifier)
+    if not defended and (compare_naive or not adaptive or eot_samples is not None):
         raise ConfigError(
             "--naive, --no-adaptive and --eot-samples change how preprocessing defenses are "
             "attacked; name them with --preprocess (e.g. --preprocess jpeg:quality=75)"
@@ -243,6 +244,7 @@ def run_attack(
             defense["naive"] = _naive_summary(
                 naive_clf, dataset, y, by_budget(naive_evals), head, success_threshold
             )
+            defense["naive"]["seconds"] = sum(ev.seconds for ev in naive_evals)
     config = dict(evals[-1].config)
     config["threat"] = ThreatModel(norm, head_eps, targets is not None).to_dict()
     config["minimal_norm"] = minimal
