@@ -288,7 +288,9 @@ class Median(Preprocessor):
     output pixel, the input pixel that is its window's median, and that is what torch
     computes. Measured on the 8×8 digits MLP (100 points, PGD-40 L∞), the exact gradient is
     the stronger attack: 5% accuracy left at ε=0.1 and 0% at ε=0.2, where BPDA's identity
-    backward leaves 22% and 7%. (ART's numpy median uses BPDA because it has no gradient.)
+    backward leaves 22% and 7%; on the reference MNIST CNN (200 points, PGD-40) 63.5% vs
+    69.5% at ε=0.1 and 28% vs 33% at ε=0.15. (ART's numpy median uses BPDA: it has no
+    gradient.)
     """
 
     differentiable: ClassVar[bool] = True
