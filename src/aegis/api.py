@@ -15,11 +15,12 @@ import numpy as np
 
 from aegis import sanity
 from aegis.attacks.base import Attack
+from aegis.defenses.preprocessing import DefendedClassifier, Preprocessor, defend, parse_preprocess
 from aegis.engine import Evaluation, ProgressFn, evaluate
 from aegis.errors import ConfigError, DataError
 from aegis.io import rundir
 from aegis.io.data import Dataset, load_dataset
-from aegis.metrics import adversarial_accuracy, minimal_norms, summarize
+from aegis.metrics import adversarial_accuracy, clean_accuracy, minimal_norms, summarize
 from aegis.model import Classifier
 from aegis.records import Records
 from aegis.registry import create_all
@@ -132,6 +133,10 @@ def run_attack(
     model_options: dict[str, Any] | None = None,
     data_options: dict[str, Any] | None = None,
     on_loaded: Callable[[Classifier, Dataset], None] | None = None,
+    preprocess: Sequence[str | Preprocessor] | None = None,
+    adaptive: bool = True,
+    eot_samples: int | None = None,
+    compare_naive: bool = False,
     **attack_params: Any,
 ) -> AttackRun:
     """Attack a model on a dataset and measure it; write a run directory if ``out`` is given.
@@ -148,11 +153,25 @@ def run_attack(
     reports the median minimal norm and the accuracy-vs-ε curve. ``progress`` is called with
     (samples done, samples in all). Sanity checks run after the evaluation and are stored in
     ``results["sanity"]``; any warning sign turns the verdict SUSPICIOUS.
+
+    ``preprocess`` puts preprocessing defenses (``"jpeg:quality=75"``, ``"bit-depth:bits=4"``,
+    ...; applied in order) in front of the model, attacked adaptively by default: BPDA through
+    non-differentiable steps, EOT over ``eot_samples`` draws (default 10) for random ones.
+    ``adaptive=False`` attacks them naively (misleading). ``compare_naive`` also runs the
+    naive evaluation and stores its numbers beside the adaptive ones, in
+    ``results["defense"]["naive"]``; the headline stays the adaptive one.
     """
     if success_threshold is not None and not 0 <= success_threshold <= 1:
         raise ConfigError(
             f"success threshold must be a share in [0, 1], got {success_threshold} "
             "(write 0.9 for 90%)"
+        )
+    steps = [parse_preprocess(p) for p in preprocess or []]
+    defended = bool(steps) or isinstance(model, DefendedClassifier)
+    if not defended and (compare_naive or not adaptive or eot_samples is not None):
+        raise ConfigError(
+            "--naive, --no-adaptive and --eot-samples change how preprocessing defenses are "
+            "attacked; name them with --preprocess (e.g. --preprocess jpeg:quality=75)"
         )
     algo = create_all(attack, norm=norm, **attack_params)
     minimal = all(a.minimal for a in algo)
@@ -165,16 +184,24 @@ def run_attack(
         dataset = dataset.subset(limit)
     clf = _as_classifier(model, dataset, dict(model_options or {}))
     y = check_compatible(clf, dataset)
+    if steps:
+        clf = defend(clf, steps, adaptive=adaptive, eot_samples=eot_samples, seed=seed)
     if on_loaded is not None:
         on_loaded(clf, dataset)
     n = len(dataset.x)
     runs = [math.inf] if minimal else budgets
-    evals: list[Evaluation] = []
-    for number, e in enumerate(runs):
-        offset = number * n
-        evals.append(
+    passes = 2 if compare_naive else 1
+    naive_clf = None
+    if compare_naive:
+        if not isinstance(clf, DefendedClassifier):
+            raise ConfigError("compare_naive needs a model behind preprocessing defenses")
+        naive_clf = clf.with_adaptive(False)
+
+    def evaluate_all(target: Classifier, first: int) -> list[Evaluation]:
+        """Every run (one per budget, or the one unbounded run) of one classifier."""
+        return [
             evaluate(
-                clf,
+                target,
                 dataset.x,
                 y,
                 algo,
@@ -183,17 +210,20 @@ def run_attack(
                 batch_size=batch_size,
                 seed=seed,
                 attack_misclassified=attack_misclassified,
-                progress=_shifted(progress, offset, n * len(runs)),
+                progress=_shifted(progress, (first + number) * n, n * len(runs) * passes),
             )
-        )
-    if minimal:
-        unbounded = evals[0]
-        per_budget = [
-            (e, unbounded.records if math.isinf(e) else unbounded.records.within(norm, e))
-            for e in budgets
+            for number, e in enumerate(runs)
         ]
-    else:
-        per_budget = [(e, ev.records) for e, ev in zip(budgets, evals, strict=True)]
+
+    def by_budget(done: list[Evaluation]) -> list[tuple[float, Records]]:
+        if minimal:
+            unbounded = done[0].records
+            return [(e, unbounded if math.isinf(e) else unbounded.within(norm, e)) for e in budgets]
+        return [(e, ev.records) for e, ev in zip(budgets, done, strict=True)]
+
+    evals = evaluate_all(clf, 0)
+    per_budget = by_budget(evals)
+    unbounded = evals[0]
     head_eps, head = per_budget[-1]
     x_adv = evals[-1].x_adv
     found = None
@@ -206,6 +236,15 @@ def run_attack(
     flags = _sanity(clf, dataset, y, evals, algo, per_budget, norm, minimal)
     names = sanity.raised(flags)
     metrics = summarize(head, clf.num_classes, success_threshold, names)
+    defense = None
+    if isinstance(clf, DefendedClassifier):
+        defense = clf.describe_defense()
+        if naive_clf is not None:
+            naive_evals = evaluate_all(naive_clf, len(runs))
+            defense["naive"] = _naive_summary(
+                naive_clf, dataset, y, by_budget(naive_evals), head, success_threshold
+            )
+            defense["naive"]["seconds"] = sum(ev.seconds for ev in naive_evals)
     config = dict(evals[-1].config)
     config["threat"] = ThreatModel(norm, head_eps, targets is not None).to_dict()
     config["minimal_norm"] = minimal
@@ -221,6 +260,7 @@ def run_attack(
         "metrics": metrics,
         "sanity": [f.to_dict() for f in flags],
         "seconds": sum(ev.seconds for ev in evals),
+        **({} if defense is None else {"defense": defense}),
         "records": head.to_dict(),
         "files": {},
     }
@@ -242,6 +282,50 @@ def run_attack(
             Path(out), results, dataset, head, x_adv, attack, norm, head_eps, targets, found
         )
     return AttackRun(evals[-1], metrics, results, out_dir)
+
+
+def _naive_summary(
+    naive: Classifier,
+    dataset: Dataset,
+    y: np.ndarray,
+    per_budget: list[tuple[float, Records]],
+    adaptive_head: Records,
+    success_threshold: float | None,
+) -> dict[str, Any]:
+    """The naive evaluation's numbers, stored beside (never instead of) the adaptive ones."""
+    import torch
+
+    k = min(len(dataset.x), PROBE)
+    probe = sanity.probe_model(naive, torch.from_numpy(dataset.x[:k]), torch.from_numpy(y[:k]))
+    head_eps, head = per_budget[-1]
+    naive_acc = adversarial_accuracy(head)
+    adaptive_acc = adversarial_accuracy(adaptive_head)
+    return {
+        "misleading": True,
+        "note": "gradients as torch computes them through the raw preprocessing (zero through "
+        "steps outside torch or rounding) and one draw of random steps: an attack that cannot "
+        "see the model, not a robust model; the adaptive numbers are the evaluation",
+        "eps": head_eps,
+        "clean_accuracy": clean_accuracy(head),
+        "adversarial_accuracy": naive_acc,
+        "adaptive_adversarial_accuracy": adaptive_acc,
+        "overestimate": None
+        if naive_acc is None or adaptive_acc is None
+        else naive_acc - adaptive_acc,
+        "metrics": summarize(head, naive.num_classes, success_threshold),
+        "sanity": [f.to_dict() for f in probe],
+        **(
+            {
+                "sweep": [
+                    {"eps": e, "adversarial_accuracy": adversarial_accuracy(r)}
+                    for e, r in per_budget
+                ]
+            }
+            if len(per_budget) > 1
+            else {}
+        ),
+        **({"defense": naive.describe_defense()} if isinstance(naive, DefendedClassifier) else {}),
+    }
 
 
 def _shifted(

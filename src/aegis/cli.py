@@ -253,6 +253,40 @@ def attack(
         str, typer.Option(help="Data scaling: auto (uint8/0–255 → [0,1]), 255, or none.")
     ] = "auto",
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    preprocess: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--preprocess",
+            help="A preprocessing defense in front of the model, NAME or "
+            "NAME:PARAM=VALUE[,PARAM=VALUE] (e.g. jpeg:quality=75, bit-depth:bits=4, "
+            "median:size=3, gaussian-noise:sigma=0.1); repeat the option for several, applied "
+            "in the order given. `aegis defenses` lists them. Attacked adaptively by default: "
+            "BPDA through non-differentiable steps, EOT for random ones.",
+        ),
+    ] = None,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive/--no-adaptive",
+            help="Attack the preprocessing adaptively (BPDA/EOT, the default) or naively "
+            "(gradients as torch computes them, one random draw: misleading numbers).",
+        ),
+    ] = True,
+    eot_samples: Annotated[
+        int | None,
+        typer.Option(
+            "--eot-samples",
+            help="Random draws each gradient averages for random preprocessing (default 10).",
+        ),
+    ] = None,
+    naive: Annotated[
+        bool,
+        typer.Option(
+            "--naive",
+            help="Also run the naive (non-adaptive) evaluation of the preprocessing and show "
+            "its misleading accuracy beside the adaptive one.",
+        ),
+    ] = False,
 ) -> None:
     """Attack MODEL on DATA, print metrics and a verdict, and write a run directory.
 
@@ -331,6 +365,10 @@ def attack(
             model_options=model_options,
             data_options=data_options,
             on_loaded=loaded,
+            preprocess=preprocess,
+            adaptive=adaptive,
+            eot_samples=eot_samples,
+            compare_naive=naive,
             **params,
         )
     finally:
@@ -410,6 +448,8 @@ def _print_summary(run: Any) -> None:
             ),
             markup=False,
         )
+    if "defense" in res:
+        _print_defense(res["defense"], m, console)
     for flag in res.get("sanity", []):
         if flag["flagged"]:
             console.print(f"sanity: {flag['name']}: {flag['evidence']}", markup=False)
@@ -417,6 +457,33 @@ def _print_summary(run: Any) -> None:
         files = "  ".join(f"{k}: {run.out_dir / v}" for k, v in res["files"].items())
         console.print(f"results: {run.out_dir / 'results.json'}  {files}", markup=False)
     console.print(f"verdict: {run.verdict}", markup=False)
+
+
+def _print_defense(defense: dict[str, Any], m: dict[str, Any], console: Any) -> None:
+    how = []
+    if defense["bpda"]:
+        how.append(f"BPDA for {', '.join(defense['bpda'])}")
+    if defense["eot"]:
+        eot = defense["eot"]
+        how.append(f"EOT over {eot['samples']} draws for {', '.join(eot['steps'])}")
+    mode = (
+        "adaptive" + (f" ({'; '.join(how)})" if how else " (exact gradients)")
+        if defense["adaptive"]
+        else "NAIVE (no BPDA/EOT: the numbers are misleading)"
+    )
+    console.print(f"defense: {' → '.join(defense['preprocess'])} · {mode}", markup=False)
+    console.print(
+        f"accuracy under attack, {'adaptive' if defense['adaptive'] else 'naive'}: "
+        f"{_pct(m['adversarial_accuracy'])}",
+        markup=False,
+    )
+    if "naive" in defense:
+        nv = defense["naive"]
+        console.print(
+            f"accuracy under attack, naive (MISLEADING: gradients through the raw "
+            f"preprocessing, one draw of random steps): {_pct(nv['adversarial_accuracy'])}",
+            markup=False,
+        )
 
 
 def _fmt(v: float | None) -> str:
@@ -464,6 +531,31 @@ def attacks(
                 e.summary,
             )
         console.print(table)
+
+
+@app.command()
+def defenses(
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'b*'.")] = "*",
+) -> None:
+    """List the preprocessing defenses (for `attack --preprocess`): parameters with their
+    defaults, and how the adaptive evaluation attacks each (exact gradient, BPDA, EOT)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aegis.defenses.preprocessing import list_preprocessors
+
+    table = Table("name", "parameters", "differentiable", "random", "adaptive gradient", "summary")
+    for s in list_preprocessors(pattern):
+        how = ("exact" if s.cls.differentiable else "BPDA") + (" + EOT" if s.cls.random else "")
+        table.add_row(
+            s.name,
+            ", ".join(f"{k}={v}" for k, v in s.parameters().items()),
+            "yes" if s.cls.differentiable else "no",
+            "yes" if s.cls.random else "no",
+            how,
+            s.summary,
+        )
+    Console().print(table)
 
 
 @app.command()

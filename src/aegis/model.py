@@ -212,6 +212,17 @@ class Classifier:
     def differentiable(self) -> bool:
         return self.module is not None
 
+    @property
+    def randomized(self) -> bool:
+        """Whether the same input can give different outputs (a random defense). Attacks then
+        do not stop early on an iterate that fooled one draw: another draw may not agree."""
+        return False
+
+    @property
+    def eot_samples(self) -> int:
+        """Random draws each gradient call averages (EOT); 1 for a deterministic model."""
+        return 1
+
     # -- counting -------------------------------------------------------------------------
     @contextlib.contextmanager
     def counting(self, n: int) -> Iterator[QueryCounter]:

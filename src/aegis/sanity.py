@@ -58,7 +58,11 @@ def probe_model(model: Classifier, x: Tensor, y: Tensor) -> list[Flag]:
     y = y.to(model.device)
     first = model.logits(x)
     second = model.logits(x)
-    return [_probabilities(first), _randomized(first, second), _zero_gradients(model, x, y)]
+    return [
+        _probabilities(first),
+        _randomized(first, second, model.eot_samples),
+        _zero_gradients(model, x, y),
+    ]
 
 
 def _probabilities(z: Tensor) -> Flag:
@@ -78,17 +82,28 @@ def _probabilities(z: Tensor) -> Flag:
     )
 
 
-def _randomized(a: Tensor, b: Tensor) -> Flag:
+def _randomized(a: Tensor, b: Tensor, eot_samples: int = 1) -> Flag:
     scale = a.norm(dim=1, keepdim=True).clamp_min(1e-10)
     diff = ((a - b) / scale).norm(dim=1).max().item() if a.numel() else 0.0
     changed = int((a.argmax(1) != b.argmax(1)).sum()) if a.numel() else 0
+    flagged = diff > 1e-4 or changed > 0
+    evidence = (
+        f"two passes over the same {a.shape[0]} inputs differ by up to {diff:.2e} "
+        f"(relative L2 of the outputs); {changed} predictions changed"
+    )
+    if flagged:
+        evidence += (
+            f"; EOT in use: each gradient averages {eot_samples} random draws, and accuracy "
+            "is one draw per input (as deployed)"
+            if eot_samples > 1
+            else "; EOT is not in use: each gradient sees a single random draw"
+        )
     return Flag(
         "randomized",
-        diff > 1e-4 or changed > 0,
-        f"two passes over the same {a.shape[0]} inputs differ by up to {diff:.2e} "
-        f"(relative L2 of the outputs); {changed} predictions changed",
-        "the model is randomized: attack the expectation (EOT) and report accuracy over "
-        "several passes",
+        flagged,
+        evidence,
+        "the model is randomized: attack the expectation (EOT; raise --eot-samples if the "
+        "attack looks unconverged) and report accuracy over several passes",
     )
 
 

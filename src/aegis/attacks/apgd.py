@@ -215,8 +215,11 @@ class APGD(Attack):
         # quantity below is per point, so the others' trajectories do not change.
         out_adv, out_hit = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
         act = torch.arange(n, device=x.device)
+        # A randomized model's hit is one draw's: another draw may disagree, so every point
+        # runs all steps and returns its highest-loss (EOT) iterate instead.
+        stop_early = self.early_stop and not model.randomized
         for k in range(self.steps):
-            if self.early_stop and k % 4 == 0 and bool(hit.any()):
+            if stop_early and k % 4 == 0 and bool(hit.any()):
                 done = hit
                 out_adv[act[done]] = x_adv[done]
                 out_hit[act[done]] = True
@@ -267,7 +270,8 @@ class APGD(Attack):
                 best_at_mark = best_loss.clone()
                 increases.zero_()
                 last_mark = k + 1
-        out_adv[act] = torch.where(hit.view(view), x_adv, x_best)
+        keep_first = hit & (not model.randomized)
+        out_adv[act] = torch.where(keep_first.view(view), x_adv, x_best)
         out_hit[act] = hit
         return out_adv, out_hit
 

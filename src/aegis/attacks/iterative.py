@@ -6,7 +6,8 @@ loss — or its momentum accumulation for MI-FGSM. Δx = −η·∇ₓJ for a ta
 for the untargeted one; both are "ascend the loss returned by ``ce_loss``".
 
 Soundness: a point that is adversarial at some iterate is frozen there (its logits were computed
-on that very iterate, so the engine's re-prediction agrees). Freezing is a mask, so it costs no
+on that very iterate, so the engine's re-prediction agrees; not on a randomized model, where
+no point is frozen). Freezing is a mask, so it costs no
 device-to-host synchronization; every ``COMPACT_EVERY`` steps the loop checks how many points are
 still active and drops the frozen ones from the batch when that saves enough work. Restarts run
 only on points not yet fooled.
@@ -44,6 +45,9 @@ def gradient_ascent(
 ) -> Tensor:
     bounds = model.bounds
     n = x.shape[0]
+    # On a randomized model an iterate that fooled one draw may not fool the engine's: keep
+    # ascending the (EOT) loss on every point instead of freezing borderline ones.
+    early_stop = early_stop and not model.randomized
     compact_below = COMPACT_BELOW.get(x.device.type, COMPACT_BELOW_ACCELERATOR)
     x_out = x.clone()
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
