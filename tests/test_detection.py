@@ -11,8 +11,6 @@ from aegis.defenses.detection import (
     DetectorAwarePGD,
     FeatureSqueezing,
     Mahalanobis,
-    _bit_depth,
-    _median,
     evaluate_detector,
 )
 from aegis.errors import CapabilityError, ConfigError, DataError
@@ -84,15 +82,19 @@ def test_combined_accuracy_counts_false_alarms_and_detections() -> None:
     assert worst_case_accuracy([np.array([1, 1, 0], bool), np.array([1, 0, 1], bool)]) == 1 / 3
 
 
-def test_squeezers() -> None:
+def test_squeezers_are_the_preprocessing_steps_with_bpda() -> None:
     x = torch.tensor([[[[0.1, 0.6], [0.4, 0.9]]]], requires_grad=True)
-    np.testing.assert_allclose(_bit_depth(x, 1).detach().numpy(), [[[[0, 1], [0, 1]]]])
-    (g,) = torch.autograd.grad(_bit_depth(x, 1).sum(), x)
+    bits, median = FeatureSqueezing(bits=1, median_size=3).chain((0.0, 1.0))
+    np.testing.assert_allclose(bits(x).detach().numpy(), [[[[0, 1], [0, 1]]]])
+    (g,) = torch.autograd.grad(bits(x).sum(), x)
     assert (g == 1).all()  # straight-through
     img = torch.zeros(1, 1, 5, 5)
     img[0, 0, 2, 2] = 1.0  # salt noise vanishes under a median filter
-    assert _median(img, 3).abs().max() == 0
-    assert _median(img, 2).shape == img.shape
+    assert median(img).abs().max() == 0
+    assert FeatureSqueezing(bits=0, median_size=2).chain((0.0, 1.0))[0](img).shape == img.shape
+    # Other bounds: the squeezed input stays in them.
+    wide = FeatureSqueezing(bits=1, median_size=0).chain((-1.0, 1.0))[0](img * 2 - 1)
+    assert wide.min() >= -1 and wide.max() <= 1 and set(wide.unique().tolist()) <= {-1.0, 1.0}
 
 
 @pytest.mark.parametrize(

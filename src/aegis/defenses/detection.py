@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aegis.attacks.base import Attack, margin
+from aegis.defenses.preprocessing import BitDepth, Median, Preprocessor, bpda
 from aegis.engine import evaluate
 from aegis.errors import CapabilityError, ConfigError, DataError
 from aegis.metrics import (
@@ -297,26 +298,14 @@ class FittedMahalanobis(FittedDetector):
 
 
 # -- feature squeezing ------------------------------------------------------------------------
-# _bit_depth and _median: to be replaced by aegis.defenses.preprocessing once merged.
 
 
-def _bit_depth(x: Tensor, bits: int) -> Tensor:
-    """Reduce [0, 1] inputs to ``bits`` bits; straight-through (identity) gradient (BPDA)."""
-    levels = 2**bits - 1
-    squeezed = torch.round(x.clamp(0, 1) * levels) / levels
-    out: Tensor = x + (squeezed - x).detach()
-    return out
-
-
-def _median(x: Tensor, size: int) -> Tensor:
-    """Median filter over ``size``×``size`` windows per channel (reflect padding; for even
-    sizes the lower middle value)."""
-    if size <= 1:
-        return x
-    lo, hi = (size - 1) // 2, size // 2
-    padded = F.pad(x, (lo, hi, lo, hi), mode="reflect" if min(x.shape[2:]) > hi else "replicate")
-    windows = padded.unfold(2, size, 1).unfold(3, size, 1)
-    return windows.reshape(*windows.shape[:4], -1).median(-1).values
+def squeezer(step: Preprocessor, bounds: tuple[float, float]) -> Squeezer:
+    """A preprocessing step as a squeezer; BPDA where the step is not differentiable, so the
+    adaptive attack gets a gradient through it."""
+    if step.differentiable:
+        return lambda x: step(x, bounds)
+    return lambda x: bpda(step, x, bounds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -339,27 +328,26 @@ class FeatureSqueezing(Detector):
             raise ConfigError(f"bits must be in [0, 16], got {self.bits}")
         if self.median_size < 0:
             raise ConfigError(f"median_size must be >= 0, got {self.median_size}")
-        if not self.chain():
+        if not self.chain((0.0, 1.0)):
             raise ConfigError("feature squeezing needs at least one squeezer")
 
-    def chain(self) -> list[Squeezer]:
+    def chain(self, bounds: tuple[float, float]) -> list[Squeezer]:
+        """The squeezers, for inputs in ``bounds``."""
         if self.squeezers:
             return list(self.squeezers)
-        out: list[Squeezer] = []
+        steps: list[Preprocessor] = []
         if self.bits:
-            bits = self.bits
-            out.append(lambda x: _bit_depth(x, bits))
+            steps.append(BitDepth(bits=self.bits))
         if self.median_size > 1:
-            size = self.median_size
-            out.append(lambda x: _median(x, size))
-        return out
+            steps.append(Median(size=self.median_size))
+        return [squeezer(step, bounds) for step in steps]
 
     def fit(
         self, model: Classifier, x_clean: Tensor | np.ndarray, y_clean: Tensor | None = None
     ) -> FittedSqueezing:
         _require_module(model)
         _as_input(model, x_clean, "FeatureSqueezing.fit")
-        return FittedSqueezing(model, self.chain())
+        return FittedSqueezing(model, self.chain(model.bounds))
 
 
 class FittedSqueezing(FittedDetector):

@@ -361,6 +361,18 @@ class GaussianNoise(Preprocessor):
 # -- the defended classifier -----------------------------------------------------------------
 
 
+def bpda(
+    step: Preprocessor,
+    x: Tensor,
+    bounds: tuple[float, float],
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """BPDA (Athalye et al. 2018): ``step`` forward, the identity backward."""
+    out = step(x.detach(), bounds, generator=generator)
+    return x + (out - x).detach()
+
+
 class DefendedClassifier(Classifier):
     """A Classifier that applies preprocessing steps, in order, before the model (in pixel
     space, before normalization and layout handling) at every call.
@@ -442,9 +454,7 @@ class DefendedClassifier(Classifier):
         if not x.requires_grad or step.differentiable:
             return step(x, self.bounds, generator=gen)
         if self.adaptive:
-            # BPDA: the step forward, the identity backward.
-            out = step(x.detach(), self.bounds, generator=gen)
-            return x + (out - x).detach()
+            return bpda(step, x, self.bounds, generator=gen)
         out = step(x, self.bounds, generator=gen)
         # Naive: whatever torch computes; a step outside torch contributes a zero gradient.
         return out if out.requires_grad else out.detach() + 0 * x
