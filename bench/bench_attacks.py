@@ -312,6 +312,30 @@ def art_hsj_iterations(queries: int, init_eval: int = 100, max_eval: int = 10000
         t += 1
 
 
+def ta_apgd(ta: Any, net: torch.nn.Module) -> Any:
+    """torchattacks' APGD-CE at AutoAttack's budget (100 steps, 1 restart)."""
+    return ta.APGD(net, norm="Linf", eps=EPS, steps=100, n_restarts=1, loss="ce", seed=0)
+
+
+def ta_apgdt(ta: Any, net: torch.nn.Module) -> Any:
+    """torchattacks' APGD-T at AutoAttack's budget (100 steps, 9 targets)."""
+    return ta.APGDT(net, norm="Linf", eps=EPS, steps=100, n_restarts=1, n_classes=10, seed=0)
+
+
+def ta_fabt(ta: Any, net: torch.nn.Module) -> Any:
+    """torchattacks' FAB-T (multi-targeted FAB) at AutoAttack's budget."""
+    return ta.FAB(
+        net,
+        norm="Linf",
+        eps=EPS,
+        steps=100,
+        n_restarts=1,
+        multi_targeted=True,
+        n_classes=10,
+        seed=0,
+    )
+
+
 # -- printing ----------------------------------------------------------------------------------
 
 
@@ -408,20 +432,9 @@ def section_suite(s: Setup, args: argparse.Namespace) -> None:
             ta = torchattacks
             return ta.MultiAttack(
                 [
-                    ta.APGD(
-                        s.net, norm="Linf", eps=EPS, steps=100, n_restarts=1, loss="ce", seed=0
-                    ),
-                    ta.APGDT(s.net, norm="Linf", eps=EPS, steps=100, n_restarts=1, n_classes=10),
-                    ta.FAB(
-                        s.net,
-                        norm="Linf",
-                        eps=EPS,
-                        steps=100,
-                        n_restarts=1,
-                        multi_targeted=True,
-                        n_classes=10,
-                        seed=0,
-                    ),
+                    ta_apgd(ta, s.net),
+                    ta_apgdt(ta, s.net),
+                    ta_fabt(ta, s.net),
                     ta.Square(s.net, norm="Linf", eps=EPS, n_queries=5000, n_restarts=1, seed=0),
                 ]
             )
@@ -641,9 +654,7 @@ def section_pairs(s: Setup, args: argparse.Namespace) -> None:
                 run_aegis("aegis apgd-ce", s, "apgd-ce", linf, steps=100, restarts=1),
                 ta(
                     "APGD (ce)",
-                    lambda: torchattacks.APGD(
-                        s.net, norm="Linf", eps=EPS, steps=100, n_restarts=1, loss="ce", seed=0
-                    ),
+                    lambda: ta_apgd(torchattacks, s.net),
                 ),
                 _noted(
                     ar(
@@ -674,9 +685,7 @@ def section_pairs(s: Setup, args: argparse.Namespace) -> None:
                 ),
                 ta(
                     "APGDT",
-                    lambda: torchattacks.APGDT(
-                        s.net, norm="Linf", eps=EPS, steps=100, n_restarts=1, n_classes=10, seed=0
-                    ),
+                    lambda: ta_apgdt(torchattacks, s.net),
                 ),
             ],
             minimal=False,
@@ -689,16 +698,7 @@ def section_pairs(s: Setup, args: argparse.Namespace) -> None:
                 run_aegis("aegis fab-t", s, "fab-t", linf, steps=100, restarts=1, target_classes=9),
                 ta(
                     "FAB (multi-targeted)",
-                    lambda: torchattacks.FAB(
-                        s.net,
-                        norm="Linf",
-                        eps=EPS,
-                        steps=100,
-                        n_restarts=1,
-                        multi_targeted=True,
-                        n_classes=10,
-                        seed=0,
-                    ),
+                    lambda: ta_fabt(torchattacks, s.net),
                 ),
             ],
             minimal=False,

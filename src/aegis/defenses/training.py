@@ -195,15 +195,8 @@ def _pgd(
     return attack(model, x, y, threat, generator=generator).detach()
 
 
-@register_training(
-    "pgd-at",
-    paper="https://arxiv.org/abs/1706.06083",
-    needs="input gradients; `steps` forward+backward per batch for the attack, one for the loss",
-    suffix="pgd",
-)
-@dataclass(frozen=True, kw_only=True)
-class PGDAT(TrainingDefense):
-    """PGD adversarial training (Madry et al. 2018): cross-entropy on PGD examples only."""
+class _PGDCrafted(TrainingDefense):
+    """Defenses trained on PGD examples crafted against the current weights."""
 
     crafting: ClassVar[str] = "pgd"
     early_stop_ok: ClassVar[bool] = True
@@ -230,6 +223,17 @@ class PGDAT(TrainingDefense):
             early_stop=early_stop,
             generator=generator,
         )
+
+
+@register_training(
+    "pgd-at",
+    paper="https://arxiv.org/abs/1706.06083",
+    needs="input gradients; `steps` forward+backward per batch for the attack, one for the loss",
+    suffix="pgd",
+)
+@dataclass(frozen=True, kw_only=True)
+class PGDAT(_PGDCrafted):
+    """PGD adversarial training (Madry et al. 2018): cross-entropy on PGD examples only."""
 
     def loss(self, module: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         logits = module(x_adv)
@@ -335,39 +339,13 @@ class TRADES(TrainingDefense):
     "clean and adversarial forward passes for the loss",
 )
 @dataclass(frozen=True, kw_only=True)
-class MART(TrainingDefense):
+class MART(_PGDCrafted):
     """MART (Wang et al. 2020): boosted CE on PGD examples + λ·KL weighted by 1 − p_y(x)."""
 
     lam: float = 6.0
 
-    crafting: ClassVar[str] = "pgd"
-    early_stop_ok: ClassVar[bool] = True
-
     def __post_init__(self) -> None:
         _check_weight("lam", self.lam)
-
-    def craft(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        threat: ThreatModel,
-        *,
-        steps: int,
-        step_size: float | None,
-        early_stop: bool,
-        generator: torch.Generator,
-    ) -> Tensor:
-        return _pgd(
-            model,
-            x,
-            y,
-            threat,
-            steps=steps,
-            step_size=step_size,
-            early_stop=early_stop,
-            generator=generator,
-        )
 
     def loss(self, module: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         logits = module(x)
