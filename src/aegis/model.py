@@ -385,7 +385,8 @@ def _mode_sensitive(module: torch.nn.Module) -> bool:
 
 def _frozen_copy(module: object, z: Tensor, name: str) -> Callable[[Tensor], Tensor] | None:
     """A traced, frozen and inference-optimized copy of ``module``, verified on two batches
-    other than the one traced; None where any of that fails (the module then serves)."""
+    other than the one traced (one of another size); None where any of that fails (the module
+    then serves)."""
     if (
         not isinstance(module, torch.nn.Module)
         or z.device.type != "cpu"
@@ -404,7 +405,9 @@ def _frozen_copy(module: object, z: Tensor, name: str) -> Callable[[Tensor], Ten
             frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
         gen = torch.Generator().manual_seed(0)
         lo, hi = float(z.min()), float(z.max())
-        others = (z.flip(-1), lo + (hi - lo) * torch.rand(z.shape, generator=gen))
+        noise = lo + (hi - lo) * torch.rand((z.shape[0] + 1, *z.shape[1:]), generator=gen)
+        # Other values, and another batch size (a trace can bake the one it saw into a shape).
+        others = (z.flip(-1), noise)
         for other in others:
             want, got = module(other), frozen(other)
             if not (isinstance(want, Tensor) and isinstance(got, Tensor)):
