@@ -106,3 +106,48 @@ def test_detect_bad_input(files, cli, tmp_path) -> None:
         code, _, err = cli(*base, "--out", str(tmp_path / "x"), *extra)
         assert code == EXIT_ERROR, extra
         assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def digits_pair(tmp_path_factory) -> tuple[Path, Path]:
+    from aegis.zoo.train import train_reference
+
+    d = tmp_path_factory.mktemp("defend")
+    base = train_reference("digits", out_dir=d, epochs=3, progress=False)
+    robust = train_reference(
+        "digits", out_dir=d, epochs=3, defense="fast-at", eps=0.1, progress=False
+    )
+    return base.model_path, robust.model_path
+
+
+def test_defend_one_table_for_base_trained_and_preprocessed(digits_pair, cli, tmp_path) -> None:
+    base, robust = digits_pair
+    out = tmp_path / "cmp"
+    code, text, err = cli(
+        "defend", str(base), "digits", "--model", str(robust), "--preprocess", "bit-depth:bits=4",
+        "--attack", "pgd", "--eps", "0.1", "--limit", "60", "--out", str(out),
+    )  # fmt: skip
+    assert code == EXIT_OK, err
+    assert "upper bound on robust accuracy" in text and "MISLEADING" in text
+    res = json.loads((out / "results.json").read_text())
+    assert res["kind"] == "defense-comparison"
+    rows = {r["kind"]: r for r in res["rows"]}
+    assert [r["kind"] for r in res["rows"]] == ["base", "trained", "preprocess"]
+    side = json.loads(robust.with_suffix(".json").read_text())
+    assert rows["trained"]["train_seconds"] == side["train_seconds"] > 0
+    assert rows["trained"]["defense"]["name"] == "fast-at"
+    for r in res["rows"]:
+        assert r["n"] == 60 and 0 <= r["adversarial_accuracy"] <= r["clean_accuracy"] <= 1
+    # Adversarial training buys robustness; preprocessing only looks robust when attacked naively.
+    assert rows["trained"]["adversarial_accuracy"] > rows["base"]["adversarial_accuracy"]
+    pre = rows["preprocess"]
+    assert pre["naive_adversarial_accuracy"] > pre["adversarial_accuracy"] + 0.2
+    assert pre["adversarial_accuracy"] <= rows["base"]["adversarial_accuracy"] + 0.1
+    assert rows["base"]["naive_adversarial_accuracy"] is None
+
+
+def test_defend_needs_something_to_compare(digits_pair, cli, tmp_path) -> None:
+    code, _, err = cli("defend", str(digits_pair[0]), "digits", "--out", str(tmp_path / "x"))
+    assert code == EXIT_ERROR
+    assert "nothing to compare" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
