@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,11 +247,7 @@ def run_attack(
     config["threat"] = ThreatModel(norm, head_eps, targets is not None).to_dict()
     config["minimal_norm"] = minimal
     results: dict[str, Any] = {
-        "schema": rundir.SCHEMA,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": sys.argv if sys.argv and sys.argv[0].endswith("aegis") else None,
-        "versions": rundir.versions(),
-        "seed": seed,
+        **rundir.header(seed),
         "model": clf.describe(),
         "data": dataset.to_dict(),
         "config": {**config, "success_threshold": success_threshold},

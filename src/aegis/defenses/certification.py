@@ -370,8 +370,6 @@ def run_certify(
     """Load, certify every input, and return (and write to ``out``/results.json) the results:
     a ``certification`` section with certified accuracy at each radius and the abstain rate,
     and the per-sample certificates."""
-    import datetime as dt
-    import sys
 
     from aegis.api import _as_classifier, _as_dataset, check_compatible
     from aegis.io import rundir
@@ -391,12 +389,7 @@ def run_certify(
     report = None if progress is None else (lambda done: progress(done, n))
     cert = certify(clf, dataset.x, y, smoothing, seed=seed, progress=report)
     results: dict[str, Any] = {
-        "schema": rundir.SCHEMA,
-        "kind": "certification",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": sys.argv if sys.argv and sys.argv[0].endswith("aegis") else None,
-        "versions": rundir.versions(),
-        "seed": seed,
+        **rundir.header(seed, "certification"),
         "model": clf.describe(),
         "data": dataset.to_dict(),
         "config": {

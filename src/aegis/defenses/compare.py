@@ -22,7 +22,6 @@ accuracy), and seconds. Detection and certification have their own commands
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,11 +97,7 @@ def compare_defenses(
         run = run_attack(base, data, preprocess=[spec], compare_naive=True, **common)
         rows.append(_row(f"{Path(base).name} + {spec}", "preprocess", run))
     results: dict[str, Any] = {
-        "schema": rundir.SCHEMA,
-        "kind": "defense-comparison",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": rundir.versions(),
-        "seed": seed,
+        **rundir.header(seed, "defense-comparison"),
         "config": {**common, "base": str(base), "data": str(data)},
         "rows": rows,
     }

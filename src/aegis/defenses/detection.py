@@ -627,8 +627,6 @@ def run_detect(
     ``data``, else the inputs after the first ``limit``), at most ``fit_limit`` inputs, with the
     model's predictions as labels; it is evaluated on the first ``limit`` inputs of ``data``.
     ``detector_params`` are the named detector's hyper-parameters (None values are skipped)."""
-    import datetime as dt
-    import sys
 
     from aegis.api import _as_classifier, _as_dataset, check_compatible
     from aegis.io import rundir
@@ -694,12 +692,7 @@ def run_detect(
         clf, fitted, dataset.x, y, algo, threat, fpr=fpr, adaptive=aware, seed=seed
     )
     results: dict[str, Any] = {
-        "schema": rundir.SCHEMA,
-        "kind": "detection",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": sys.argv if sys.argv and sys.argv[0].endswith("aegis") else None,
-        "versions": rundir.versions(),
-        "seed": seed,
+        **rundir.header(seed, "detection"),
         "model": clf.describe(),
         "data": dataset.to_dict(),
         "config": {

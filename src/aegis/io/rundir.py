@@ -21,6 +21,19 @@ from aegis.errors import AegisError
 SCHEMA = "aegis.results/1"
 
 
+def header(seed: int, kind: str | None = None) -> dict[str, Any]:
+    """The fields every ``results.json`` starts with: schema, kind (absent for an attack run),
+    creation time, the ``aegis`` command line, package versions and the seed."""
+    out: dict[str, Any] = {"schema": SCHEMA}
+    if kind is not None:
+        out["kind"] = kind
+    out["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    out["command"] = sys.argv if sys.argv and sys.argv[0].endswith("aegis") else None
+    out["versions"] = versions()
+    out["seed"] = seed
+    return out
+
+
 def versions() -> dict[str, str]:
     import torch
 
