@@ -83,6 +83,25 @@ def _as_classifier(
     return load_classifier(str(model), **options)
 
 
+def load_inputs(
+    model: Classifier | str | Path,
+    data: Dataset | str | Path | tuple[np.ndarray, np.ndarray],
+    labels: str | Path | None,
+    limit: int | None,
+    data_options: dict[str, Any] | None,
+    model_options: dict[str, Any] | None,
+) -> tuple[Classifier, Dataset, np.ndarray]:
+    """The dataset (its first ``limit`` inputs), the model loaded for it, and the labels
+    checked against the model's outputs."""
+    dataset = _as_dataset(data, labels, dict(data_options or {}))
+    if limit is not None:
+        if limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {limit}")
+        dataset = dataset.subset(limit)
+    clf = _as_classifier(model, dataset, dict(model_options or {}))
+    return clf, dataset, check_compatible(clf, dataset)
+
+
 def check_compatible(model: Classifier, dataset: Dataset) -> np.ndarray:
     """Data and model must agree on the input shape, and the data needs labels; returns them.
 
@@ -175,13 +194,7 @@ def run_attack(
     minimal = all(a.minimal for a in algo)
     budgets = _budgets(eps, minimal)
     ThreatModel(norm, budgets[0])  # validates the norm before anything is loaded
-    dataset = _as_dataset(data, labels, dict(data_options or {}))
-    if limit is not None:
-        if limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {limit}")
-        dataset = dataset.subset(limit)
-    clf = _as_classifier(model, dataset, dict(model_options or {}))
-    y = check_compatible(clf, dataset)
+    clf, dataset, y = load_inputs(model, data, labels, limit, data_options, model_options)
     if steps:
         clf = defend(clf, steps, adaptive=adaptive, eot_samples=eot_samples, seed=seed)
     if on_loaded is not None:

@@ -371,20 +371,14 @@ def run_certify(
     a ``certification`` section with certified accuracy at each radius and the abstain rate,
     and the per-sample certificates."""
 
-    from aegis.api import _as_classifier, _as_dataset, check_compatible
+    from aegis.api import load_inputs
     from aegis.io import rundir
     from aegis.metrics import certification_summary
 
     grid = [float(r) for r in radii]
     if not grid or any(not r >= 0 for r in grid):
         raise ConfigError(f"radii must be >= 0, got {list(radii)}")
-    dataset = _as_dataset(data, labels, dict(data_options or {}))
-    if limit is not None:
-        if limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {limit}")
-        dataset = dataset.subset(limit)
-    clf = _as_classifier(model, dataset, dict(model_options or {}))
-    y = check_compatible(clf, dataset)
+    clf, dataset, y = load_inputs(model, data, labels, limit, data_options, model_options)
     n = len(dataset.x)
     report = None if progress is None else (lambda done: progress(done, n))
     cert = certify(clf, dataset.x, y, smoothing, seed=seed, progress=report)
@@ -408,8 +402,4 @@ def run_certify(
         "certificates": cert.to_dict(),
         "files": {},
     }
-    if out is not None:
-        out_dir = rundir.prepare(Path(out))
-        rundir.write_json(out_dir / "results.json", results)
-        results["out_dir"] = str(out_dir)
-    return results
+    return results if out is None else rundir.write_results(out, results)

@@ -101,8 +101,4 @@ def compare_defenses(
         "config": {**common, "base": str(base), "data": str(data)},
         "rows": rows,
     }
-    if out is not None:
-        directory = rundir.prepare(Path(out))
-        rundir.write_json(directory / "results.json", results)
-        results["out_dir"] = str(directory)
-    return results
+    return results if out is None else rundir.write_results(out, results)

@@ -704,11 +704,7 @@ def run_detect(
         "seconds": metrics["seconds"],
         "files": {},
     }
-    if out is not None:
-        out_dir = rundir.prepare(Path(out))
-        rundir.write_json(out_dir / "results.json", results)
-        results["out_dir"] = str(out_dir)
-    return results
+    return results if out is None else rundir.write_results(out, results)
 
 
 def _builtin_names() -> set[str]:

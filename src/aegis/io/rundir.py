@@ -70,6 +70,15 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def write_results(out: Path | str, results: dict[str, Any]) -> dict[str, Any]:
+    """Write ``results`` as ``out/results.json`` (creating ``out``) and record ``out_dir`` in
+    the returned results."""
+    out_dir = prepare(Path(out))
+    write_json(out_dir / "results.json", results)
+    results["out_dir"] = str(out_dir)
+    return results
+
+
 def prepare(out: Path) -> Path:
     """Create ``out`` (or reuse it); refuse a path that is a file."""
     if out.exists() and not out.is_dir():
