@@ -55,6 +55,7 @@ gradients here: the timings are conservative for aegis.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import re
 import sys
@@ -70,6 +71,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aegis._alloc import keep_freed_memory
 from aegis.engine import evaluate
 from aegis.errors import ConfigError
 from aegis.io.data import load_dataset
@@ -801,7 +803,9 @@ def load(kind: str, args: argparse.Namespace) -> Setup:
     clf = load_reference(path)
     module = clf.module
     assert isinstance(module, torch.nn.Module)
-    module.eval()
+    # Peers get their own copy of the network as it was saved (contiguous memory format, as
+    # a user of theirs holds it): the aegis Classifier may switch its module to channels-last.
+    module = copy.deepcopy(module).eval()
     x, y = load_dataset("mnist", split="test").subset(args.n).tensors()
     assert y is not None
     clean_ok = (clf.predict(x) == y).numpy()
@@ -843,6 +847,11 @@ def main() -> None:
         ap.error(f"--pairs: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PAIRS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    # The allocator tuning that aegis' engine applies to its process (aegis/_alloc.py) is
+    # applied before any row, so peers run with the same allocator; AEGIS_MALLOC=system runs
+    # every row without it.
+    allocator = "glibc tuned" if keep_freed_memory() else "as the system set it"
+    print(f"allocator: {allocator} (the same for every row)")
     global ONLY
     ONLY = None if args.only is None else re.compile(args.only)
     warnings.filterwarnings("ignore", category=UserWarning, module="torchattacks")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aegis._alloc import keep_freed_memory
 from aegis.attacks.base import Attack
 from aegis.errors import AegisError, ConfigError, DataError
 from aegis.model import FROZEN_MIN_POINTS, Classifier
@@ -121,6 +122,8 @@ def evaluate(
     bs = batch_size or model.batch_size
     if bs < 1:
         raise ConfigError(f"batch_size must be >= 1, got {bs}")
+    if model.device.type == "cpu":
+        keep_freed_memory()
     if n >= FROZEN_MIN_POINTS:
         # Decided before the first attack call, so the whole run takes one path.
         model.prepare_frozen(xt[:bs].to(model.device, torch.float32))

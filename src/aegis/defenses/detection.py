@@ -209,6 +209,7 @@ def _features(
     graph when gradients are enabled."""
     captured: list[Tensor | None] = [None] * len(taps)
     handles = []
+    model.choose_layout()  # its probe batches run before the hooks, not through them
 
     def keep(i: int, value: Tensor) -> None:
         v = value.mean((2, 3)) if value.ndim == 4 else value.flatten(1)

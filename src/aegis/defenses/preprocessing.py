@@ -421,6 +421,9 @@ class DefendedClassifier(Classifier):
             provenance=base.provenance,
             freeze=False,  # the base already froze (or deliberately did not freeze) the module
         )
+        # The module's memory format is the base's choice (made once, at its first call).
+        base.choose_layout()
+        self._channels_last = base._channels_last
         self.base = base
         self.steps = steps
         self.adaptive = adaptive
