@@ -188,3 +188,30 @@ def test_pgd_training_raises_robust_accuracy(tmp_path: Path) -> None:
     plain_robust = _robust_accuracy(load_reference(plain.model_path), eps)
     adv_robust = _robust_accuracy(load_reference(adv.model_path), eps)
     assert adv_robust > plain_robust + 0.1, (plain_robust, adv_robust)
+
+
+def test_train_classifier_learns_in_memory_data_reproducibly() -> None:
+    from aegis.io.data import load_dataset
+    from aegis.zoo.train import train_classifier
+
+    x, y = load_dataset("digits", split="train").subset(400).tensors()
+    assert y is not None
+    a = train_classifier(x, y, arch="tiny_mlp", epochs=20, lr=1e-2, seed=1)
+    b = train_classifier(x, y, arch="tiny_mlp", epochs=20, lr=1e-2, seed=1)
+    xt, yt = load_dataset("digits", split="test").subset(200).tensors()
+    assert float((a.predict(xt) == yt).float().mean()) > 0.8
+    for (ka, va), (kb, vb) in zip(
+        a.module.state_dict().items(), b.module.state_dict().items(), strict=True
+    ):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_train_classifier_refuses_bad_labels_in_one_line() -> None:
+    from aegis.errors import DataError
+    from aegis.zoo.train import train_classifier
+
+    x = torch.rand(8, 1, 8, 8)
+    with pytest.raises(DataError, match=r"labels must lie in 0\.\.2"):
+        train_classifier(x, torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]), num_classes=3, arch="tiny_mlp")
+    with pytest.raises(DataError, match="NaN"):
+        train_classifier(x * float("nan"), torch.zeros(8, dtype=torch.long), arch="tiny_mlp")

@@ -48,7 +48,7 @@ from aegis.defenses.training import (
     create_training_defense,
     get_training_spec,
 )
-from aegis.errors import ConfigError, ModelError
+from aegis.errors import ConfigError, DataError, ModelError
 from aegis.io.data import BUILTINS, load_dataset
 from aegis.io.sidecar import METADATA_KEYS, read_sidecar, write_sidecar
 from aegis.model import Classifier, ModelInfo
@@ -410,24 +410,48 @@ def _fit(
     resume: bool,
     progress: bool,
 ) -> _Fit:
-    """The one training loop: every defense plugs in its crafting and its loss."""
-    seed = params["seed"]
+    """Train a reference model on its built-in split, then score it on the test split."""
     train = load_dataset(params["dataset"], split="train")
     x, y = train.tensors()
     if y is None:  # built-ins are labeled; this keeps the types honest
         raise ConfigError(f"dataset {params['dataset']} has no labels to train on")
-    n, bs, epochs = len(train), params["batch_size"], params["epochs"]
+    clf, resumed, seconds_before, train_seconds = _train_loop(
+        module, info, x, y, params, strategy, ckpt_path, resume=resume, progress=progress
+    )
+    test_acc, robust_acc, robust_eval = _evaluate(clf, params)
+    return _Fit(test_acc, robust_acc, robust_eval, resumed, seconds_before, train_seconds)
+
+
+def _train_loop(
+    module: nn.Module,
+    info: ModelInfo,
+    x: Tensor,
+    y: Tensor,
+    params: dict[str, Any],
+    strategy: TrainingDefense | None,
+    ckpt_path: Path | None,
+    *,
+    resume: bool,
+    progress: bool,
+) -> tuple[Classifier, int, float, float]:
+    """The one training loop: every defense plugs in its crafting and its loss. Returns the
+    (unfrozen) Classifier, the epochs read back from a checkpoint, the seconds of earlier
+    interrupted runs and of the loop in all runs together."""
+    seed = params["seed"]
+    n, bs, epochs = x.shape[0], params["batch_size"], params["epochs"]
     batches = (n + bs - 1) // bs
     total = epochs * batches
     shuffle = torch.Generator().manual_seed(seed)
     attack_gen = torch.Generator().manual_seed(seed + 1)
-    opt = torch.optim.Adam(module.parameters(), lr=params["lr"])
+    opt = torch.optim.Adam(
+        module.parameters(), lr=params["lr"], weight_decay=params.get("weight_decay", 0.0)
+    )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params["lr"], total_steps=total)
     clf = Classifier(module, info, freeze=False, name=params["arch"])
     ramp_steps = params["eps_ramp"] * total if strategy is not None else 0.0
     digest = _params_hash(params)
     first_epoch, step, seconds_before = 0, 0, 0.0
-    state = _load_checkpoint(ckpt_path, digest) if resume else None
+    state = _load_checkpoint(ckpt_path, digest) if resume and ckpt_path is not None else None
     if state is not None:
         module.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -437,7 +461,7 @@ def _fit(
         attack_gen.set_state(state["rng_attack"])
         first_epoch, step = int(state["epoch"]), int(state["step"])
         seconds_before = float(state["seconds"])
-        log.info("resuming %s after epoch %d/%d", ckpt_path.name, first_epoch, epochs)
+        log.info("resuming %s after epoch %d/%d", ckpt_path, first_epoch, epochs)
     run_start = time.perf_counter()
     with progress_bar(enabled=progress, transient=False, status=True) as bar:
         label = f"train {params['arch']}" + (f" {strategy.registry_name}" if strategy else "")
@@ -481,6 +505,8 @@ def _fit(
                 "adversarial" if strategy is not None else "train",
                 correct / n,
             )
+            if ckpt_path is None:
+                continue
             _save_checkpoint(
                 ckpt_path,
                 {
@@ -499,8 +525,107 @@ def _fit(
             )
     train_seconds = seconds_before + time.perf_counter() - run_start
     module.eval()
-    test_acc, robust_acc, robust_eval = _evaluate(clf, params)
-    return _Fit(test_acc, robust_acc, robust_eval, first_epoch, seconds_before, train_seconds)
+    return clf, first_epoch, seconds_before, train_seconds
+
+
+def train_classifier(
+    x: Tensor,
+    y: Tensor,
+    *,
+    arch: str = "mnist_cnn",
+    num_classes: int | None = None,
+    epochs: int = 5,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    augment_shift: int = 0,
+    weight_decay: float = 0.0,
+    defense: str | None = None,
+    eps: float = 0.3,
+    checkpoint: Path | None = None,
+    progress: bool = False,
+) -> Classifier:
+    """Train a model of an aegis architecture on in-memory data with the reference trainer's
+    loop (Adam, one-cycle schedule, seeded shuffling and augmentation): the victims of
+    poisoning, the substitutes of extraction and the shadow models of membership inference.
+
+    Args:
+        x: training inputs, (n, C, H, W) in [0, 1].
+        y: integer labels, (n,).
+        arch: a key of ``aegis.zoo.architectures.ARCHITECTURES`` (``mnist_cnn``,
+            ``digits_cnn``, ``tiny_mlp``; ``tiny_mlp`` takes the input shape from ``x``).
+        num_classes: number of classes (default: ``max(y) + 1``).
+        epochs, lr, batch_size, seed, augment_shift: as in :func:`train_reference`.
+        weight_decay: Adam's L2 penalty (a regularizer that reduces membership leakage).
+        defense: robust training (``pgd-at``, ``trades``, ``fast-at``, ``mart``) at L∞ ``eps``.
+        checkpoint: a file for per-epoch checkpoints (resumed when it holds the same run).
+        progress: show a progress bar.
+
+    Returns:
+        A frozen Classifier in eval mode, in the input box [0, 1].
+    """
+    if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise DataError(
+            f"training data must be (n, C, H, W) inputs with (n,) labels, got {tuple(x.shape)} "
+            f"and {tuple(y.shape)}"
+        )
+    if not torch.isfinite(x).all():
+        raise DataError("training inputs contain NaN or infinite values; clean the data first")
+    k = int(y.max()) + 1 if num_classes is None else num_classes
+    if int(y.min()) < 0 or int(y.max()) >= k:
+        raise DataError(f"labels must lie in 0..{k - 1}, got {int(y.min())}..{int(y.max())}")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)}")
+    shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+    kwargs: dict[str, Any] = {"num_classes": k}
+    if arch == "tiny_mlp":
+        kwargs["input_shape"] = shape
+    name = resolve_defense(defense, None)
+    strategy = None if name is None else create_training_defense(name)
+    params: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "dataset": "in-memory",
+        "n": int(x.shape[0]),
+        "arch": arch,
+        "epochs": epochs,
+        "seed": seed,
+        "batch_size": batch_size,
+        "optimizer": "adam",
+        "schedule": "onecycle",
+        "lr": lr,
+        "augment_shift": augment_shift,
+        "weight_decay": weight_decay,
+        "adversarial": name,
+    }
+    if strategy is not None:
+        params.update(
+            eps=eps,
+            norm="linf",
+            attack=strategy.crafting,
+            attack_steps=RECIPES["mnist"].attack_steps if strategy.iterative else 1,
+            attack_step_size=None,
+            eps_ramp=RECIPES["mnist"].eps_ramp,
+            attack_early_stop=False,
+        )
+    params["eval_steps"] = 1  # unused: nothing is scored here; keeps _validate's contract
+    _validate(params)
+    if params["weight_decay"] < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
+    with _seeded(seed):
+        module = ARCHITECTURES[arch](**kwargs)
+        info = ModelInfo(num_classes=k, input_shape=shape)
+        _train_loop(
+            module,
+            info,
+            x.float(),
+            y.long(),
+            params,
+            strategy,
+            checkpoint,
+            resume=True,
+            progress=progress,
+        )
+    return Classifier(module, info, name=arch, source="aegis.zoo.train.train_classifier")
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
