@@ -151,3 +151,30 @@ def test_defend_needs_something_to_compare(digits_pair, cli, tmp_path) -> None:
     assert code == EXIT_ERROR
     assert "nothing to compare" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_defend_adds_detector_and_certified_columns(digits_pair, cli, tmp_path) -> None:
+    base, robust = digits_pair
+    out = tmp_path / "cmp2"
+    code, text, err = cli(
+        "defend", str(base), "digits", "--detector", "mahalanobis", "--smoothed", str(robust),
+        "--sigma", "0.25", "--certify-samples", "100", "--certify-radii", "0.25,0.5",
+        "--attack", "pgd", "--eps", "0.1", "--limit", "40", "--out", str(out),
+    )  # fmt: skip
+    assert code == EXIT_OK, err
+    assert "det AUC" in text and "certified" in text
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["kind"]: r for r in res["rows"]}
+    assert [r["kind"] for r in res["rows"]] == ["base", "detector", "smoothed"]
+    det = rows["detector"]
+    assert det["n"] == 40 and 0.5 < det["detection_auc"] <= 1.0  # beats chance on plain PGD
+    # the worst case of the attack and the detector-aware one, within the system's clean figure
+    assert 0 <= det["adversarial_accuracy"] <= det["clean_accuracy"] <= 1
+    assert det["clean_flagged"] is not None and det["clean_flagged"] <= 0.1  # the 5% FPR, fitted
+    sm = rows["smoothed"]
+    cert = sm["certified_accuracy"]
+    assert list(cert) == ["0.25", "0.5"]
+    assert cert["0.5"] <= cert["0.25"] <= sm["clean_accuracy"] <= 1
+    assert sm["adversarial_accuracy"] is None and sm["train_seconds"] > 0
+    assert 0 <= sm["clean_macro_recall"] <= 1
+    assert res["config"]["smoothing"] == {"sigma": 0.25, "n": 100, "radii": [0.25, 0.5]}

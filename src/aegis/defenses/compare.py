@@ -9,11 +9,20 @@ with the same attack (default: the ``standard`` suite) and seed:
 - the base model behind each preprocessing defense, attacked adaptively (BPDA/EOT), with the
   naive, misleading figure beside it.
 
-Every row comes from :func:`aegis.api.run_attack`, so each is an ordinary evaluation with its
-sanity checks; a row whose checks raised a warning sign is marked suspicious. Rows report clean
-accuracy, clean macro precision/recall/F1, accuracy under attack (an upper bound on robust
-accuracy), and seconds. Detection and certification have their own commands
-(``aegis detect``, ``aegis certify``).
+- the base model with each detector of adversarial inputs (``detectors``), fitted on clean
+  data: its ROC-AUC against the attack and the robust accuracy of classifier + detector, the
+  worst case per input of the attack and the detector-aware adaptive attack
+  (:func:`aegis.defenses.detection.run_detect`);
+- each model behind randomized smoothing (``smoothed``, e.g. one written by ``aegis certify
+  --train``): its certified L2 accuracy at ``certify_radii`` (Cohen et al.; a guarantee, not
+  an attack's upper bound) and its clean accuracy as a smoothed classifier
+  (:func:`aegis.defenses.certification.run_certify`).
+
+Every attacked row comes from :func:`aegis.api.run_attack`, so each is an ordinary evaluation
+with its sanity checks; a row whose checks raised a warning sign is marked suspicious. Rows
+report clean accuracy, clean macro precision/recall/F1, accuracy under attack (an upper bound
+on robust accuracy), detection AUC, certified accuracy, training time and seconds; a column
+that does not apply to a row is ``None``.
 
     >>> table = compare_defenses("models/mnist_cnn.safetensors", "mnist",
     ...     models=["models/mnist_cnn_trades.safetensors"], preprocess=["jpeg:quality=75"],
@@ -27,10 +36,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from aegis.api import AttackRun, run_attack
 from aegis.errors import ConfigError
 from aegis.io import rundir
 from aegis.io.sidecar import read_sidecar
+from aegis.metrics import precision_recall_f1
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +62,8 @@ def _row(name: str, kind: str, run: AttackRun) -> dict[str, Any]:
         "suspicious": [f["name"] for f in run.results["sanity"] if f["flagged"]],
         "seconds": run.results["seconds"],
         "naive_adversarial_accuracy": None,
+        "detection_auc": None,
+        "certified_accuracy": None,
         "train_seconds": None,
     }
     defense = run.results.get("defense")
@@ -72,11 +86,21 @@ def compare_defenses(
     seed: int = 0,
     batch_size: int | None = None,
     out: str | Path | None = None,
+    detectors: Sequence[str] = (),
+    smoothed: Sequence[str | Path] = (),
+    sigma: float = 0.25,
+    certify_samples: int = 1000,
+    certify_radii: Sequence[float] = (0.5, 1.0),
 ) -> dict[str, Any]:
-    """Evaluate ``base``, each of ``models`` and ``base`` behind each of ``preprocess`` with the
-    same attack on the same points; return (and write to ``out/results.json``) the table."""
-    if not models and not preprocess:
-        raise ConfigError("nothing to compare: give defended --model files or --preprocess steps")
+    """Evaluate ``base``, each of ``models``, ``base`` behind each of ``preprocess`` and with
+    each of ``detectors``, and each of ``smoothed`` (certified, noise ``sigma``, ``certify_samples``
+    noise samples per input) on the same points; return (and write to ``out/results.json``)
+    the table."""
+    if not models and not preprocess and not detectors and not smoothed:
+        raise ConfigError(
+            "nothing to compare: give defended --model files, --preprocess steps, --detector "
+            "names or --smoothed model files"
+        )
     common: dict[str, Any] = {
         "attack": attack,
         "norm": norm,
@@ -96,9 +120,109 @@ def compare_defenses(
     for spec in preprocess:
         run = run_attack(base, data, preprocess=[spec], compare_naive=True, **common)
         rows.append(_row(f"{Path(base).name} + {spec}", "preprocess", run))
+    for name in detectors:
+        rows.append(_detector_row(base, data, name, rows[0], common))
+    radii = sorted(float(r) for r in certify_radii)
+    if smoothed and (not radii or any(not r > 0 for r in radii)):
+        raise ConfigError(f"certify radii must be > 0, got {list(certify_radii)}")
+    for path in smoothed:
+        rows.append(_smoothed_row(path, data, sigma, certify_samples, radii, common))
     results: dict[str, Any] = {
         **rundir.header(seed, "defense-comparison"),
-        "config": {**common, "base": str(base), "data": str(data)},
+        "config": {
+            **common,
+            "base": str(base),
+            "data": str(data),
+            "smoothing": {"sigma": sigma, "n": certify_samples, "radii": radii}
+            if smoothed
+            else None,
+        },
         "rows": rows,
     }
     return results if out is None else rundir.write_results(out, results)
+
+
+def _detector_row(
+    base: str | Path, data: str | Path, name: str, base_row: dict[str, Any], common: dict[str, Any]
+) -> dict[str, Any]:
+    """The base model with a detector: clean figures of the combined system, its ROC-AUC
+    against the attack, and the worst case of the attack and the adaptive attack."""
+    from aegis.defenses.detection import run_detect
+
+    det = run_detect(
+        base,
+        data,
+        detector=name,
+        attack=common["attack"],
+        norm=common["norm"],
+        eps=common["eps"],
+        labels=common["labels"],
+        limit=common["limit"],
+        seed=common["seed"],
+    )["detection"]
+    na = det["non_adaptive"]
+    worst = det.get("worst_case", {}).get("robust_accuracy", na["combined"]["robust_accuracy"])
+    return {
+        **{k: None for k in base_row},
+        "name": f"{Path(base).name} + {name} detector",
+        "kind": "detector",
+        "n": det["n"],
+        # The combined system answers "adversarial" on flagged clean inputs: that is its
+        # clean accuracy; per-class precision/recall are the classifier's (base row).
+        "clean_accuracy": na["combined"]["clean_accuracy"],
+        "adversarial_accuracy": worst,
+        "detection_auc": na["roc_auc"],
+        "detection_tpr": na["tpr"],
+        "clean_flagged": det["clean_flagged"],
+        "suspicious": [],
+        "seconds": det["seconds"],
+    }
+
+
+def _smoothed_row(
+    path: str | Path,
+    data: str | Path,
+    sigma: float,
+    samples: int,
+    radii: list[float],
+    common: dict[str, Any],
+) -> dict[str, Any]:
+    """A model behind randomized smoothing: certified accuracy at each radius."""
+    from aegis.defenses.certification import Smoothing, run_certify
+
+    smoothing = Smoothing(sigma=sigma, n=samples, n0=min(100, samples))
+    cert = run_certify(
+        path,
+        data,
+        smoothing=smoothing,
+        radii=radii,
+        labels=common["labels"],
+        limit=common["limit"],
+        seed=common["seed"],
+    )
+    summary = cert["certification"]
+    side = read_sidecar(Path(path))
+    # An abstain is a class of its own that no input has: it lowers recall, never precision.
+    k = int(cert["model"]["num_classes"])
+    pred = np.asarray(cert["certificates"]["prediction"], dtype=np.int64)
+    y = np.asarray(cert["certificates"]["y"], dtype=np.int64)
+    prf = precision_recall_f1(y, np.where(pred < 0, k, pred), k + 1)
+    return {
+        "name": f"{Path(path).name} smoothed σ={sigma:g}",
+        "kind": "smoothed",
+        "n": summary["n"],
+        "clean_accuracy": summary["accuracy"],
+        "clean_macro_precision": prf["macro_precision"],
+        "clean_macro_recall": prf["macro_recall"],
+        "clean_macro_f1": prf["macro_f1"],
+        "adversarial_accuracy": None,
+        "suspicious": [],
+        "seconds": summary["seconds"],
+        "naive_adversarial_accuracy": None,
+        "detection_auc": None,
+        "certified_accuracy": {
+            f"{c['radius']:g}": c["accuracy"] for c in summary["certified_accuracy"]
+        },
+        "abstain_rate": summary["abstain_rate"],
+        "train_seconds": side.get("train_seconds", side.get("seconds")),
+    }
