@@ -751,7 +751,11 @@ def defend(
     grid = Table(title=f"{attack} {norm} ε={eps:g} on {table['rows'][0]['n']} inputs")
     heads = ("model", "clean", "P", "R", "F1", "attacked", "naive*", "det AUC", "certified")
     for head in (*heads, "train s", "flags"):
-        grid.add_column(head, justify="left" if head in ("model", "flags") else "right")
+        grid.add_column(
+            head,
+            justify="left" if head in ("model", "flags") else "right",
+            min_width=28 if head == "model" else None,
+        )
     for r in table["rows"]:
         naive = r["naive_adversarial_accuracy"]
         cert = r["certified_accuracy"]
@@ -766,7 +770,7 @@ def defend(
             "–" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}",
             "SUSPICIOUS: " + ", ".join(r["suspicious"]) if r["suspicious"] else "",
         )
-    Console(width=max(Console().width, 110)).print(grid)
+    Console(width=max(Console().width, 150)).print(grid)
     typer.echo(
         "P/R/F1: clean macro precision, recall, F1. attacked: accuracy under the attack, an "
         "upper bound on robust accuracy, not a guarantee (detector rows: classifier + "
