@@ -2,31 +2,47 @@
 backdoors), detection of the poisoned points (activation clustering, spectral signatures), and
 ``run_poisoning``, the Python call behind ``aegis poison``.
 
+The names load on first use, so ``aegis --help`` does not import torch for this package.
+
     >>> from aegis.poisoning import BadNets, Trigger, run_poisoning
     >>> results = run_poisoning("digits", attack="badnets", rate=0.1, target=0, epochs=5)
 """
 
 from __future__ import annotations
 
-from aegis.poisoning.attacks import (
-    ATTACKS,
-    BadNets,
-    Blend,
-    LabelConsistent,
-    LabelFlip,
-    PoisonedSet,
-    PoisoningAttack,
-    Trigger,
-    load_pattern,
-)
-from aegis.poisoning.detection import (
-    DETECTORS,
-    ActivationClustering,
-    PoisonDetector,
-    PoisonFlags,
-    SpectralSignatures,
-)
-from aegis.poisoning.run import create_attack, create_detector, evaluate_model, run_poisoning
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aegis.poisoning.attacks import (
+        ATTACKS,
+        BadNets,
+        Blend,
+        LabelConsistent,
+        LabelFlip,
+        PoisonedSet,
+        PoisoningAttack,
+        Trigger,
+        load_pattern,
+    )
+    from aegis.poisoning.detection import (
+        DETECTORS,
+        ActivationClustering,
+        PoisonDetector,
+        PoisonFlags,
+        SpectralSignatures,
+    )
+    from aegis.poisoning.run import create_attack, create_detector, evaluate_model, run_poisoning
+
+_ATTACKS = ("ATTACKS", "BadNets", "Blend", "LabelConsistent", "LabelFlip", "PoisonedSet")
+_ATTACKS += ("PoisoningAttack", "Trigger", "load_pattern")
+_DETECTION = ("DETECTORS", "ActivationClustering", "PoisonDetector", "PoisonFlags")
+_DETECTION += ("SpectralSignatures",)
+_RUN = ("create_attack", "create_detector", "evaluate_model", "run_poisoning")
+_LAZY = {
+    **{n: "aegis.poisoning.attacks" for n in _ATTACKS},
+    **{n: "aegis.poisoning.detection" for n in _DETECTION},
+    **{n: "aegis.poisoning.run" for n in _RUN},
+}
 
 __all__ = [
     "ATTACKS",
@@ -48,3 +64,11 @@ __all__ = [
     "load_pattern",
     "run_poisoning",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'aegis.poisoning' has no attribute {name!r}")

@@ -162,9 +162,9 @@ class Trigger:
                     raise ConfigError(
                         f"unknown trigger option {key!r}; use size, pos, offset, value or file"
                     )
+            except (ConfigError, DataError):
+                raise
             except ValueError as exc:
-                if isinstance(exc, ConfigError):
-                    raise
                 raise ConfigError(f"trigger option {key} must be a number, got {value!r}") from exc
         return cls(shape=shape.strip(), **options)
 

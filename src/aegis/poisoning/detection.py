@@ -7,9 +7,9 @@ points to remove, per-point scores and per-class details). ``metrics.flag_precis
 scores the mask against the ground truth of a :class:`~aegis.poisoning.attacks.PoisonedSet`.
 
 - ``ActivationClustering`` (Chen et al. 2018, https://arxiv.org/abs/1811.03728): per class
-  (the model's predictions by default), the activations are reduced to ``dims`` dimensions (PCA
-  by default, or ICA as in the paper) and split by 2-means; the smaller cluster is flagged when its relative
-  size is below ``max_size``.
+  (the model's predictions by default), the activations are reduced to ``dims`` dimensions
+  (PCA by default, or ICA as in the paper) and split by 2-means; the smaller cluster is
+  flagged when its relative size is below ``max_size``.
 - ``SpectralSignatures`` (Tran et al. 2018, https://arxiv.org/abs/1811.00636): per label, the
   centred representations' top right singular vector v; the outlier score is ⟨r − μ, v⟩², and
   the ``round(multiplier · eps · n_class)`` highest scores of each class are flagged, where
@@ -64,7 +64,7 @@ def penultimate(model: Classifier, x: Tensor) -> tuple[np.ndarray, np.ndarray]:
     linear = [m for m in module.modules() if isinstance(m, nn.Linear)]
     if not linear:
         raise CapabilityError(f"{model.name} has no nn.Linear layer to read representations")
-    taps = [(linear[-1], True)]
+    taps: list[tuple[nn.Module, bool]] = [(linear[-1], True)]
     preds, feats = [], []
     for i in range(0, x.shape[0], model.batch_size):
         xb = x[i : i + model.batch_size].to(model.device)
