@@ -33,10 +33,10 @@ if TYPE_CHECKING:
     )
     from aegis.poisoning.run import create_attack, create_detector, evaluate_model, run_poisoning
 
-_ATTACKS = ("ATTACKS", "BadNets", "Blend", "LabelConsistent", "LabelFlip", "PoisonedSet")
-_ATTACKS += ("PoisoningAttack", "Trigger", "load_pattern")
-_DETECTION = ("DETECTORS", "ActivationClustering", "PoisonDetector", "PoisonFlags")
-_DETECTION += ("SpectralSignatures",)
+_ATTACKS: tuple[str, ...] = ("ATTACKS", "BadNets", "Blend", "LabelConsistent", "LabelFlip")
+_ATTACKS += ("PoisonedSet", "PoisoningAttack", "Trigger", "load_pattern")
+_DETECTION: tuple[str, ...] = ("DETECTORS", "ActivationClustering", "PoisonDetector")
+_DETECTION += ("PoisonFlags", "SpectralSignatures")
 _RUN = ("create_attack", "create_detector", "evaluate_model", "run_poisoning")
 _LAZY = {
     **{n: "aegis.poisoning.attacks" for n in _ATTACKS},
