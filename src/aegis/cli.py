@@ -974,6 +974,12 @@ def detect(
     typer.echo(f"results: {Path(results['out_dir']) / 'results.json'}")
 
 
+# -- aegis poison (implementation in aegis.poisoning.command) --------------------------------
+from aegis.poisoning.command import poison as _poison  # noqa: E402  (imports nothing heavy)
+
+app.command(name="poison")(_poison)
+
+
 def main() -> None:
     """Entry point: AegisError → one line on stderr and exit 1 (traceback with --debug).
 

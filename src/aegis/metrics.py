@@ -72,6 +72,45 @@ def precision_recall_f1(y: np.ndarray, pred: np.ndarray, num_classes: int) -> di
     }
 
 
+def backdoor_success_rate(pred: np.ndarray, y: np.ndarray, target: int) -> dict[str, Any]:
+    """Backdoor attack success rate: the share of triggered inputs predicted as ``target``,
+    over the inputs whose true class is not ``target`` (those are excluded and counted)."""
+    p, t = np.asarray(pred).ravel(), np.asarray(y).ravel()
+    eligible = t != target
+    hits = int((p[eligible] == target).sum())
+    return {
+        "rate": _share(hits, int(eligible.sum())),
+        "successes": hits,
+        "eligible": int(eligible.sum()),
+        "excluded_target": int((~eligible).sum()),
+    }
+
+
+def flag_precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Precision, recall and F1 of flagged points against a ground-truth mask (e.g. poisoned
+    training points); precision is None when nothing is flagged, recall when nothing is true."""
+    f, t = np.asarray(flagged, bool).ravel(), np.asarray(truth, bool).ravel()
+    if f.shape != t.shape:
+        raise DataError(f"flags have {f.size} entries, the ground truth {t.size}")
+    tp = int((f & t).sum())
+    precision = _share(tp, int(f.sum()))
+    recall = _share(tp, int(t.sum()))
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if precision is not None and recall is not None and precision + recall > 0
+        else (0.0 if precision is not None and recall is not None else None)
+    )
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "flagged": int(f.sum()),
+        "true_positives": tp,
+        "positives": int(t.sum()),
+        "n": int(f.size),
+    }
+
+
 def norm_stats(rec: Records) -> dict[str, dict[str, float | None]]:
     """Mean / median / max of each perturbation norm over the successful adversarial examples."""
     out: dict[str, dict[str, float | None]] = {}

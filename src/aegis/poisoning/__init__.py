@@ -1,0 +1,74 @@
+"""Poisoning: attacks on a training set (label flipping, BadNets, blended and label-consistent
+backdoors), detection of the poisoned points (activation clustering, spectral signatures), and
+``run_poisoning``, the Python call behind ``aegis poison``.
+
+The names load on first use, so ``aegis --help`` does not import torch for this package.
+
+    >>> from aegis.poisoning import BadNets, Trigger, run_poisoning
+    >>> results = run_poisoning("digits", attack="badnets", rate=0.1, target=0, epochs=5)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aegis.poisoning.attacks import (
+        ATTACKS,
+        BadNets,
+        Blend,
+        LabelConsistent,
+        LabelFlip,
+        PoisonedSet,
+        PoisoningAttack,
+        Trigger,
+        load_pattern,
+    )
+    from aegis.poisoning.detection import (
+        DETECTORS,
+        ActivationClustering,
+        PoisonDetector,
+        PoisonFlags,
+        SpectralSignatures,
+    )
+    from aegis.poisoning.run import create_attack, create_detector, evaluate_model, run_poisoning
+
+_ATTACKS: tuple[str, ...] = ("ATTACKS", "BadNets", "Blend", "LabelConsistent", "LabelFlip")
+_ATTACKS += ("PoisonedSet", "PoisoningAttack", "Trigger", "load_pattern")
+_DETECTION: tuple[str, ...] = ("DETECTORS", "ActivationClustering", "PoisonDetector")
+_DETECTION += ("PoisonFlags", "SpectralSignatures")
+_RUN = ("create_attack", "create_detector", "evaluate_model", "run_poisoning")
+_LAZY = {
+    **{n: "aegis.poisoning.attacks" for n in _ATTACKS},
+    **{n: "aegis.poisoning.detection" for n in _DETECTION},
+    **{n: "aegis.poisoning.run" for n in _RUN},
+}
+
+__all__ = [
+    "ATTACKS",
+    "DETECTORS",
+    "ActivationClustering",
+    "BadNets",
+    "Blend",
+    "LabelConsistent",
+    "LabelFlip",
+    "PoisonDetector",
+    "PoisonFlags",
+    "PoisonedSet",
+    "PoisoningAttack",
+    "SpectralSignatures",
+    "Trigger",
+    "create_attack",
+    "create_detector",
+    "evaluate_model",
+    "load_pattern",
+    "run_poisoning",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'aegis.poisoning' has no attribute {name!r}")
