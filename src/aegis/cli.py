@@ -974,6 +974,12 @@ def detect(
     typer.echo(f"results: {Path(results['out_dir']) / 'results.json'}")
 
 
+# `aegis report RUN_DIR`: the HTML report, rebuilt from results.json (aegis.report.command)
+from aegis.report.command import report as _report  # noqa: E402
+
+app.command(name="report", no_args_is_help=True)(_report)
+
+
 def main() -> None:
     """Entry point: AegisError → one line on stderr and exit 1 (traceback with --debug).
 
