@@ -56,8 +56,9 @@ def _clf(net: nn.Module, name: str = "digits-mlp") -> Classifier:
 @pytest.fixture(scope="module")
 def sweep_run(digits_net: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report") / "pgd"
-    run_attack(_clf(digits_net), "digits", attack="pgd", eps=[0.05, 0.1, 0.2], steps=5,
-               limit=40, out=out)  # fmt: skip
+    run_attack(
+        _clf(digits_net), "digits", attack="pgd", eps=[0.05, 0.1, 0.2], steps=5, limit=40, out=out
+    )
     return out
 
 
@@ -164,8 +165,12 @@ def test_attack_run_writes_a_report_built_from_results(sweep_run: Path) -> None:
         "metrics.success.rate",
         "metrics.clean.macro_f1",
         "metrics.adversarial.macro_f1",
-        *(f"metrics.{s}.{m}.{c}" for s in ("clean", "adversarial")
-          for m in ("precision", "recall", "f1") for c in range(k)),  # fmt: skip
+        *(
+            f"metrics.{s}.{m}.{c}"
+            for s in ("clean", "adversarial")
+            for m in ("precision", "recall", "f1")
+            for c in range(k)
+        ),
         *(f"sweep.{i}.metrics.adversarial_accuracy" for i in range(3)),
         "metrics.confusion.clean.3.3",
         "metrics.confusion.adversarial.0.0",
@@ -217,8 +222,9 @@ def test_png_encoder_round_trips_through_matplotlib(tmp_path: Path) -> None:
 
 
 def test_minimal_norm_run_shows_the_distribution(digits_net: nn.Module, tmp_path: Path) -> None:
-    run_attack(_clf(digits_net), "digits", attack="fmn", norm="l2", steps=10, limit=24,
-               out=tmp_path)  # fmt: skip
+    run_attack(
+        _clf(digits_net), "digits", attack="fmn", norm="l2", steps=10, limit=24, out=tmp_path
+    )
     results = rundir.read_results(tmp_path)
     page = (tmp_path / "report.html").read_text()
     check_numbers(
@@ -234,8 +240,9 @@ def test_suspicious_run_renders_suspicious_never_robust(
 ) -> None:
     # a softmax at the end of the model: the "probabilities" warning sign
     soft = nn.Sequential(digits_net, nn.Softmax(dim=1)).eval()
-    run_attack(_clf(soft, "softmax-mlp"), "digits", attack="pgd", eps=0.1, steps=5, limit=24,
-               out=tmp_path)  # fmt: skip
+    run_attack(
+        _clf(soft, "softmax-mlp"), "digits", attack="pgd", eps=0.1, steps=5, limit=24, out=tmp_path
+    )
     results = rundir.read_results(tmp_path)
     assert results["metrics"]["verdict"]["suspicious"]
     page = (tmp_path / "report.html").read_text()
@@ -266,16 +273,44 @@ def test_detection_and_certification_runs(digits_net: nn.Module, tmp_path: Path)
     from aegis.defenses.detection import run_detect
 
     clf = _clf(digits_net)
-    run_detect(clf, "digits", detector="squeeze", eps=0.1, steps=5, fit_limit=100, limit=24,
-               adaptive_steps=5, out=tmp_path / "detect")  # fmt: skip
-    run_certify(clf, "digits", smoothing=Smoothing(sigma=0.25, n0=10, n=40), radii=(0, 0.25),
-                limit=12, out=tmp_path / "certify")  # fmt: skip
+    run_detect(
+        clf,
+        "digits",
+        detector="squeeze",
+        eps=0.1,
+        steps=5,
+        fit_limit=100,
+        limit=24,
+        adaptive_steps=5,
+        out=tmp_path / "detect",
+    )
+    run_certify(
+        clf,
+        "digits",
+        smoothing=Smoothing(sigma=0.25, n0=10, n=40),
+        radii=(0, 0.25),
+        limit=12,
+        out=tmp_path / "certify",
+    )
     for name, required in (
-        ("detect", ["detection.non_adaptive.roc_auc", "detection.threshold",
-                    "detection.worst_case.robust_accuracy", "config.fpr"]),
-        ("certify", ["certification.certified_accuracy.1.accuracy",
-                     "certification.abstain_rate", "config.smoothing.sigma"]),
-    ):  # fmt: skip
+        (
+            "detect",
+            [
+                "detection.non_adaptive.roc_auc",
+                "detection.threshold",
+                "detection.worst_case.robust_accuracy",
+                "config.fpr",
+            ],
+        ),
+        (
+            "certify",
+            [
+                "certification.certified_accuracy.1.accuracy",
+                "certification.abstain_rate",
+                "config.smoothing.sigma",
+            ],
+        ),
+    ):
         results = rundir.read_results(tmp_path / name)
         page = (tmp_path / name / "report.html").read_text()
         check_self_contained(page)
@@ -287,17 +322,28 @@ def test_defense_comparison(digits_net: nn.Module, tmp_path: Path) -> None:
 
     model = tmp_path / "mlp.pt"
     torch.jit.script(digits_net).save(str(model))
-    compare_defenses(model, "digits", preprocess=["bit-depth:bits=4"], attack="pgd", eps=0.1,
-                     limit=16, out=tmp_path / "defend")  # fmt: skip
+    compare_defenses(
+        model,
+        "digits",
+        preprocess=["bit-depth:bits=4"],
+        attack="pgd",
+        eps=0.1,
+        limit=16,
+        out=tmp_path / "defend",
+    )
     results = rundir.read_results(tmp_path / "defend")
     page = (tmp_path / "defend" / "report.html").read_text()
     check_self_contained(page)
     check_numbers(
         page,
         results,
-        ["rows.0.clean_accuracy", "rows.1.adversarial_accuracy",
-         "rows.1.naive_adversarial_accuracy", "config.eps"],
-    )  # fmt: skip
+        [
+            "rows.0.clean_accuracy",
+            "rows.1.adversarial_accuracy",
+            "rows.1.naive_adversarial_accuracy",
+            "config.eps",
+        ],
+    )
     assert "Defense comparison" in page
 
 
@@ -363,9 +409,18 @@ def _chromium() -> str:
 
 
 def _browse(exe: str, page: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           "--enable-logging=stderr", "--v=0", "--user-data-dir=" + str(page.parent / ".chr"),
-           *args, page.resolve().as_uri()]  # fmt: skip
+    cmd = [
+        exe,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--user-data-dir=" + str(page.parent / ".chr"),
+        *args,
+        page.resolve().as_uri(),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
 
 
@@ -378,8 +433,11 @@ def test_report_renders_in_a_headless_browser(sweep_run: Path, tmp_path: Path) -
     assert dom.returncode == 0, dom.stderr[-2000:]
     consoles = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
     assert not consoles, consoles
-    marks = check_numbers(dom.stdout, results, ["metrics.adversarial_accuracy",
-                                                "sweep.0.metrics.adversarial_accuracy"])  # fmt: skip
+    marks = check_numbers(
+        dom.stdout,
+        results,
+        ["metrics.adversarial_accuracy", "sweep.0.metrics.adversarial_accuracy"],
+    )
     assert marks.root.get("data-js") == "ok", "the page's script did not run"
     assert marks.text_by_id.get("aegis-errors", "") == "", marks.text_by_id["aegis-errors"]
     assert "hidden" in marks.attrs_by_id["aegis-errors"]

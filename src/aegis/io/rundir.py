@@ -1,4 +1,5 @@
-"""Run directories: ``results.json`` (versioned schema), ``report.html``, ``samples.npz``, ``grid.png``.
+"""Run directories: ``results.json`` (versioned schema), ``report.html``, ``samples.npz`` and
+``grid.png``.
 
 Nothing is written until the evaluation has finished; every file is written to a temporary name
 and renamed, and ``results.json`` is written last, so a directory with a ``results.json`` is a

@@ -28,6 +28,9 @@ REPORT = "report.html"
 HEADER_KEYS = ("schema", "kind", "created", "command", "versions", "seed")
 """Fields of ``rundir.header``: shown under provenance."""
 
+PROVENANCE_KEYS = ("model", "data", "config")
+"""Sections shown under provenance, after the results."""
+
 LONG_LIST = 24
 """Lists of numbers longer than this are shown as a count and a range, not item by item."""
 
@@ -175,7 +178,10 @@ class Page:
         )
 
     def tile(self, label: str, key: str, fmt: str = "pct") -> str:
-        return f'<div class="tile"><div class="v">{self.num(key, fmt)}</div><div class="l">{esc(label)}</div></div>'
+        return (
+            f'<div class="tile"><div class="v">{self.num(key, fmt)}</div>'
+            f'<div class="l">{esc(label)}</div></div>'
+        )
 
     def add(self, title: str, body: str, anchor: str = "") -> None:
         ident = f' id="{esc(anchor)}"' if anchor else ""
@@ -190,7 +196,8 @@ class Page:
             if not value:
                 return '<span class="sub">(empty)</span>'
             rows = "".join(
-                f"<tr><th>{esc(k)}</th><td>{self.tree(v, f'{key}.{k}' if key else str(k))}</td></tr>"
+                f"<tr><th>{esc(k)}</th><td>{self.tree(v, f'{key}.{k}' if key else str(k))}</td>"
+                f"</tr>"
                 for k, v in value.items()
             )
             return f'<table class="kv"><tbody>{rows}</tbody></table>'
@@ -288,7 +295,7 @@ class Page:
     def rest(self, skip: Sequence[str] = ()) -> None:
         """Every top-level section not drawn yet, as tables (long arrays summarized)."""
         for k, v in self.r.items():
-            if k in HEADER_KEYS or k in self.shown or k in skip:
+            if k in HEADER_KEYS or k in PROVENANCE_KEYS or k in self.shown or k in skip:
                 continue
             self.shown.add(k)
             self.add(k.replace("_", " ").capitalize(), self.tree(v, k), f"section-{k}")
@@ -300,7 +307,7 @@ class Page:
             if k in self.r
         )
         body = f'<table class="kv"><tbody>{rows}</tbody></table>'
-        for k in ("model", "data", "config"):
+        for k in PROVENANCE_KEYS:
             if k in self.r and k not in self.shown:
                 self.shown.add(k)
                 body += f"<h3>{esc(k)}</h3>{self.tree(self.r[k], k)}"
@@ -526,7 +533,9 @@ def _attack_title(page: Page) -> tuple[str, str]:
     eps = threat.get("eps")
     title = f"aegis report · {name} {threat.get('norm', '')} ε={eps}"
     model = page.get("model.source") or page.get("model.name") or "model"
-    sub = f"model {model} · data {page.get('data.name', '?')} ({page.get('metrics.n', '?')} inputs) · {page.get('created', '')}"
+    n = page.get("metrics.n", "?")
+    data = page.get("data.name", "?")
+    sub = f"model {model} · data {data} ({n} inputs) · {page.get('created', '')}"
     return title, sub
 
 
@@ -592,7 +601,8 @@ def _metrics_table(page: Page) -> None:
         '<table><thead><tr><th>metric</th><th class="r">clean</th><th class="r">under attack</th>'
         f"</tr></thead><tbody>{body}</tbody></table>"
         f"<p>Success rate {page.num(f'{s}.rate', 'pct')}: {page.num(f'{s}.successes', 'int')} of "
-        f"{page.num(f'{s}.attacked', 'int')} attacked inputs ({page.num(f'{s}.total', 'int')} in all, "
+        f"{page.num(f'{s}.attacked', 'int')} attacked inputs ({page.num(f'{s}.total', 'int')} in "
+        f"all, "
         f"{page.num(f'{s}.clean_correct', 'int')} correctly classified, "
         f"{page.num(f'{s}.excluded_target', 'int')} excluded because their label is the target, "
         f"{page.num(f'{s}.skipped_misclassified', 'int')} misclassified and not attacked).</p>"
@@ -671,7 +681,8 @@ def _curve(page: Page) -> None:
                 xlabel=f"ε ({norm})",
                 ylabel="accuracy under attack",
             )
-            + '</div><div><table><thead><tr><th class="r">ε</th><th class="r">accuracy under attack</th>'
+            + '</div><div><table><thead><tr><th class="r">ε</th><th class="r">accuracy under '
+            "attack</th>"
             '<th class="r">success rate</th><th class="r">macro F1</th></tr></thead>'
             f"<tbody>{rows}</tbody></table></div></div>"
         )
@@ -784,7 +795,8 @@ def _gallery(page: Page) -> None:
             )
         )
         imgs = "".join(
-            f'<figure><img alt="{esc(label)} {i}" src="data:image/png;base64,{esc(e.get(key, ""))}">'
+            f'<figure><img alt="{esc(label)} {i}" '
+            f'src="data:image/png;base64,{esc(e.get(key, ""))}">'
             f"<figcaption>{esc(label)}</figcaption></figure>"
             for key, label in (
                 ("original_png", "original"),
@@ -794,19 +806,22 @@ def _gallery(page: Page) -> None:
             if e.get(key)
         )
         cards.append(
-            f'<div class="example">{imgs}'
-            f'<div class="lab">input #{page.num(f"{g}.index", "int")} · true {page.num(f"{g}.y", "int")}'
+            f'<div class="example"><div class="imgs">{imgs}</div>'
+            f'<div class="lab">input #{page.num(f"{g}.index", "int")} · true '
+            f"{page.num(f'{g}.y', 'int')}"
             + (f" · target {page.num(f'{g}.target', 'int')}" if targeted else "")
             + f" · {status}</div>"
             f'<div class="lab">clean: {page.num(f"{g}.clean_pred", "int")} '
             f"({page.num(f'{g}.clean_confidence', 'pct')})"
-            f" → adv: {page.num(f'{g}.adv_pred', 'int')} ({page.num(f'{g}.adv_confidence', 'pct')})</div>"
+            f" → adv: {page.num(f'{g}.adv_pred', 'int')} "
+            f"({page.num(f'{g}.adv_confidence', 'pct')})</div>"
             f'<div class="lab sub">‖δ‖<sub>{esc(norm)}</sub> {page.num(f"{g}.norms.{norm}")} · '
             f"L2 {page.num(f'{g}.norms.l2')} · L0 {page.num(f'{g}.norms.l0', 'int')}</div></div>"
         )
     page.add(
         "Gallery",
-        f'<p class="sub">Original, perturbation (amplified ×{page.num("gallery.perturbation_gain")} '
+        f'<p class="sub">Original, perturbation (amplified '
+        f"×{page.num('gallery.perturbation_gain')} "
         "around grey) and adversarial input; confidences are the model's softmax outputs for "
         "the predicted class, computed when the run was made.</p>"
         f'<div class="gallery" id="gallery">{"".join(cards)}</div>',
@@ -829,6 +844,11 @@ def _defense(page: Page) -> None:
         )
     body += page.tree(d, "defense")
     page.add("Defense", body, "defense")
+
+
+def _model_line(page: Page) -> str:
+    model = page.get("model.source") or page.get("model.name")
+    return f"model {model} · data {page.get('data.name')} · {page.get('created', '')}"
 
 
 def render_attack(page: Page) -> str:
@@ -895,7 +915,8 @@ def render_comparison(page: Page) -> str:
         )
         flags = ", ".join(map(str, r.get("suspicious") or []))
         body.append(
-            f'<tr class="{"flagged" if flags else ""}"><td>{esc(r.get("name"))}</td><td>{esc(r.get("kind"))}</td>'
+            f'<tr class="{"flagged" if flags else ""}"><td>{esc(r.get("name"))}</td><td>'
+            f"{esc(r.get('kind'))}</td>"
             + "".join(f'<td class="r">{page.num(f"rows.{i}.{k}", fmt)}</td>' for k, _, fmt in cols)
             + f"<td>{cert_html}</td><td>{_SUSPICIOUS_MARK + esc(flags) if flags else ''}</td></tr>"
         )
@@ -960,16 +981,20 @@ def render_detection(page: Page) -> str:
         p = f"{d}.{mode}"
         rows.append(
             f"<tr><td>{mode.replace('_', '-')}</td>"
-            f'<td class="r">{page.num(f"{p}.roc_auc")}</td><td class="r">{page.num(f"{p}.tpr", "pct")}</td>'
+            f'<td class="r">{page.num(f"{p}.roc_auc")}</td><td class="r">'
+            f"{page.num(f'{p}.tpr', 'pct')}</td>"
             f'<td class="r">{page.num(f"{p}.fpr", "pct")}</td>'
-            f'<td class="r">{page.num(f"{p}.successful", "int")} / {page.num(f"{p}.attacked", "int")}</td>'
+            f'<td class="r">{page.num(f"{p}.successful", "int")} / '
+            f"{page.num(f'{p}.attacked', 'int')}</td>"
             f'<td class="r">{page.num(f"{p}.combined.classifier_robust_accuracy", "pct")}</td>'
             f'<td class="r">{page.num(f"{p}.combined.robust_accuracy", "pct")}</td></tr>'
         )
     body = (
-        f"<p>Threshold {page.num(f'{d}.threshold')} (chosen for {page.num(f'{d}.fpr', 'pct')} false "
+        f"<p>Threshold {page.num(f'{d}.threshold')} (chosen for {page.num(f'{d}.fpr', 'pct')} "
+        f"false "
         f"positives on clean inputs) on {page.num(f'{d}.n', 'int')} inputs.</p>"
-        '<table><thead><tr><th>attack</th><th class="r">ROC-AUC</th><th class="r">detection rate</th>'
+        '<table><thead><tr><th>attack</th><th class="r">ROC-AUC</th><th class="r">detection '
+        "rate</th>"
         '<th class="r">FPR</th><th class="r">successful / attacked</th>'
         '<th class="r">classifier alone, under attack</th><th class="r">classifier + detector</th>'
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -982,7 +1007,7 @@ def render_detection(page: Page) -> str:
     page.provenance()
     return page.html(
         f"aegis report · {det.get('detector')} detector",
-        f"model {page.get('model.source') or page.get('model.name')} · data {page.get('data.name')} · {page.get('created', '')}",
+        _model_line(page),
     )
 
 
@@ -1029,7 +1054,8 @@ def render_certification(page: Page) -> str:
         + "</div><div>"
         + histogram(radii, xlabel="certified L2 radius of the correct inputs")
         + "</div></div>"
-        '<table><thead><tr><th class="r">L2 radius</th><th class="r">certified accuracy</th></tr></thead>'
+        '<table><thead><tr><th class="r">L2 radius</th><th class="r">certified accuracy</th></tr>'
+        "</thead>"
         f"<tbody>{rows}</tbody></table>"
         f"<p>{page.num(f'{c}.n', 'int')} inputs; median certified radius of the correct ones "
         f"{page.num(f'{c}.median_radius_correct')}; largest certifiable radius with these n and α "
@@ -1041,7 +1067,7 @@ def render_certification(page: Page) -> str:
     page.provenance()
     return page.html(
         f"aegis report · randomized smoothing σ={sigma}",
-        f"model {page.get('model.source') or page.get('model.name')} · data {page.get('data.name')} · {page.get('created', '')}",
+        _model_line(page),
     )
 
 
