@@ -326,6 +326,9 @@ def test_defense_comparison(digits_net: nn.Module, tmp_path: Path) -> None:
         model,
         "digits",
         preprocess=["bit-depth:bits=4"],
+        smoothed=[model],
+        certify_samples=20,
+        certify_radii=(0.25,),
         attack="pgd",
         eps=0.1,
         limit=16,
@@ -341,6 +344,7 @@ def test_defense_comparison(digits_net: nn.Module, tmp_path: Path) -> None:
             "rows.0.clean_accuracy",
             "rows.1.adversarial_accuracy",
             "rows.1.naive_adversarial_accuracy",
+            "rows.2.certified_accuracy.0.25",
             "config.eps",
         ],
     )
@@ -351,7 +355,7 @@ def test_unknown_kind_is_shown_as_tables(tmp_path: Path) -> None:
     results = {
         **rundir.header(3, "membership"),
         "attack": {"name": "shadow-models", "shadows": 4, "threshold": 0.625},
-        "metrics": {"auc": 0.71, "advantage": 0.18, "per_class": [{"cls": 0, "tpr": 0.5}]},
+        "metrics": {"auc": 0.71, "per_class": [{"cls": 0, "tpr": 0.5}], "at": {"0.5": 0.25}},
         "sanity": [{"name": "overfit", "flagged": True, "evidence": "train/test gap 40%"}],
         "scores": list(np.linspace(0, 1, 500)),
     }
@@ -361,7 +365,14 @@ def test_unknown_kind_is_shown_as_tables(tmp_path: Path) -> None:
     marks = check_numbers(
         page,
         stored,
-        ["attack.shadows", "attack.threshold", "metrics.auc", "metrics.per_class.0.tpr", "seed"],
+        [
+            "attack.shadows",
+            "attack.threshold",
+            "metrics.auc",
+            "metrics.per_class.0.tpr",
+            "metrics.at.0.5",
+            "seed",
+        ],
     )
     assert "shadow-models" in page and "500 values" in page
     assert marks.text_by_id["verdict-badge"] == "SUSPICIOUS"

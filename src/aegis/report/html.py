@@ -103,13 +103,24 @@ def esc(value: object) -> str:
 
 
 def lookup(results: dict[str, Any], key: str) -> Any:
-    """The value at a dotted path (list items by position) in the results."""
+    """The value at a dotted path (list items by position) in the results. A dict key that
+    itself holds dots (``"0.5"``, a radius) is matched by joining parts, shortest first."""
     node: Any = results
-    for part in key.split("."):
+    parts = key.split(".")
+    i = 0
+    while i < len(parts):
         if isinstance(node, list):
-            node = node[int(part)]
-        elif isinstance(node, dict):
-            node = node[part]
+            node = node[int(parts[i])]
+            i += 1
+            continue
+        if not isinstance(node, dict):
+            raise KeyError(key)
+        for j in range(i + 1, len(parts) + 1):
+            name = ".".join(parts[i:j])
+            if name in node:
+                node = node[name]
+                i = j
+                break
         else:
             raise KeyError(key)
     return node
