@@ -3,6 +3,7 @@ SUSPICIOUS never shown as robust, and rendered without errors by a real headless
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ from aegis.api import run_attack
 from aegis.io import rundir
 from aegis.io.data import load_dataset
 from aegis.model import Classifier, ModelInfo
-from aegis.report.gallery import png_bytes
+from aegis.records import Records
+from aegis.report.gallery import build_gallery, png_bytes, shown_indices
 from aegis.report.html import format_value, lookup, render_report, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,7 +208,7 @@ def test_results_hold_gallery_confusion_and_per_class_metrics(sweep_run: Path) -
         assert e["adv_pred"] == rec["adv_pred"][i] and e["y"] == rec["y"][i]
         assert 0 < e["clean_confidence"] <= 1 and 0 < e["adv_confidence"] <= 1
         assert e["norms"]["linf"] == pytest.approx(rec["linf"][i])
-        png = __import__("base64").b64decode(e["adversarial_png"])
+        png = base64.b64decode(e["adversarial_png"])
         assert png.startswith(b"\x89PNG") and len(png) < 2000  # 8x8 grey: tiny
     assert (sweep_run / "results.json").stat().st_size < 400_000
 
@@ -219,6 +222,46 @@ def test_png_encoder_round_trips_through_matplotlib(tmp_path: Path) -> None:
     back = mpimg.imread(path)
     assert back.shape == (5, 7, 3)
     assert np.abs(back - np.transpose(img, (1, 2, 0))).max() <= 1 / 255 + 1e-6
+
+
+def test_gallery_shrinks_large_colour_images() -> None:
+    n = 3
+    rec = Records.from_dict(
+        {
+            "index": list(range(n)), "y": [0, 1, 2], "target": [-1] * n,
+            "clean_pred": [0, 1, 2], "adv_pred": [1, 1, 0], "eligible": [True] * n,
+            "attacked": [True] * n, "success": [True, False, True], "attack_index": [0, -1, 0],
+            "l0": [1.0] * n, "l1": [1.0] * n, "l2": [1.0] * n, "linf": [0.1] * n,
+            "forward_calls": [1] * n, "gradient_calls": [1] * n, "seconds": [0.0] * n,
+        }
+    )  # fmt: skip
+    x = np.random.default_rng(0).random((n, 3, 150, 130)).astype(np.float32)
+    probs = np.full((n, 3), 1 / 3)
+    shown = shown_indices(rec)
+    assert shown.tolist() == [0, 2, 1]  # successful examples first
+    g = build_gallery(x[shown], np.clip(x[shown] + 0.05, 0, 1), rec, shown, probs, probs, (0, 1))
+    assert g["downscale"] == 3
+
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(BytesIO(base64.b64decode(g["examples"][0]["original_png"])), format="png")
+    assert img.shape == (50, 43, 3)
+    assert [e["index"] for e in g["examples"]] == [0, 2, 1]
+
+
+def test_preprocessing_defense_run_shows_naive_and_adaptive(
+    digits_net: nn.Module, tmp_path: Path
+) -> None:
+    run_attack(_clf(digits_net), "digits", attack="pgd", eps=0.1, steps=5, limit=16,
+               preprocess=["bit-depth:bits=4"], compare_naive=True, out=tmp_path)  # fmt: skip
+    results = rundir.read_results(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    check_numbers(
+        page,
+        results,
+        ["defense.naive.adversarial_accuracy", "defense.naive.adaptive_adversarial_accuracy"],
+    )
+    assert 'id="defense"' in page
 
 
 def test_minimal_norm_run_shows_the_distribution(digits_net: nn.Module, tmp_path: Path) -> None:

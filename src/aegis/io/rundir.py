@@ -114,7 +114,13 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise AegisError(f"cannot read {path}: {exc}; point to a finished run directory") from exc
+        raise AegisError(
+            f"cannot read {path}: {exc}; point to a finished run directory, or rerun the "
+            "aegis command that wrote it"
+        ) from exc
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise AegisError(f"{path} is not an aegis results file of schema {SCHEMA}")
+        raise AegisError(
+            f"{path} is not an aegis results file of schema {SCHEMA}; point to the "
+            "results.json of a run directory written by aegis"
+        )
     return data
