@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from aegis.api import run_attack
@@ -420,6 +422,30 @@ def test_unknown_kind_is_shown_as_tables(tmp_path: Path) -> None:
     assert "shadow-models" in page and "500 values" in page
     assert marks.text_by_id["verdict-badge"] == "SUSPICIOUS"
     assert "train/test gap 40%" in marks.text_by_id["evidence"]
+
+
+_scalars = (
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats() | st.text(max_size=8)
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=30) | st.dictionaries(st.text(max_size=6), inner, max_size=5)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=st.dictionaries(st.text(min_size=1, max_size=8), _json, max_size=5))
+def test_any_new_kind_renders_and_its_numbers_match(body: dict[str, Any]) -> None:
+    results = {**body, "schema": rundir.SCHEMA, "kind": "future-kind", "seed": 0}
+    page = render_report(results)
+    check_self_contained(page)
+    marks = parse(page)
+    stored = json.loads(json.dumps(results, allow_nan=True))
+    for m in marks.marks:
+        assert _same(json.loads(m["data-value"]), lookup(stored, m["data-key"])), m
 
 
 # -- the command ---------------------------------------------------------------------------

@@ -87,7 +87,12 @@ def finish(out_dir: Path, results: dict[str, Any]) -> None:
 
     results.setdefault("files", {})["report"] = REPORT
     stored = json.loads(json.dumps(results, default=_json_default, allow_nan=True))
-    write_html(out_dir / REPORT, render_report(stored))
+    try:
+        page = render_report(stored)
+    except Exception:
+        write_json(out_dir / "results.json", results)  # never lose a finished evaluation
+        raise
+    write_html(out_dir / REPORT, page)
     write_json(out_dir / "results.json", results)
 
 
