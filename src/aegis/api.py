@@ -18,7 +18,13 @@ from aegis.engine import Evaluation, ProgressFn, evaluate
 from aegis.errors import ConfigError, DataError
 from aegis.io import rundir
 from aegis.io.data import Dataset, load_dataset
-from aegis.metrics import adversarial_accuracy, clean_accuracy, minimal_norms, summarize
+from aegis.metrics import (
+    adversarial_accuracy,
+    clean_accuracy,
+    confusion_matrices,
+    minimal_norms,
+    summarize,
+)
 from aegis.model import Classifier
 from aegis.records import Records
 from aegis.registry import create_all
@@ -247,6 +253,7 @@ def run_attack(
     flags = _sanity(clf, dataset, y, evals, algo, per_budget, norm, minimal)
     names = sanity.raised(flags)
     metrics = summarize(head, clf.num_classes, success_threshold, names)
+    metrics["confusion"] = confusion_matrices(head, clf.num_classes)
     defense = None
     if isinstance(clf, DefendedClassifier):
         defense = clf.describe_defense()
@@ -269,6 +276,7 @@ def run_attack(
         "seconds": sum(ev.seconds for ev in evals),
         **({} if defense is None else {"defense": defense}),
         "records": head.to_dict(),
+        "gallery": _gallery(clf, dataset.x, x_adv, head),
         "files": {},
     }
     if minimal:
@@ -289,6 +297,25 @@ def run_attack(
             Path(out), results, dataset, head, x_adv, attack, norm, head_eps, targets, found
         )
     return AttackRun(evals[-1], metrics, results, out_dir)
+
+
+def _gallery(clf: Classifier, x: np.ndarray, x_adv: np.ndarray, rec: Records) -> dict[str, Any]:
+    """A few examples with the model's confidences, so the report needs only results.json."""
+    import torch
+
+    from aegis.report.gallery import build_gallery, shown_indices
+
+    shown = shown_indices(rec)
+
+    def probs(v: np.ndarray) -> np.ndarray:
+        z = clf.logits(torch.from_numpy(np.ascontiguousarray(v[shown])).to(clf.device))
+        z = z.detach().float().cpu()
+        sums = z.sum(1)
+        if z.numel() and z.min() >= 0 and z.max() <= 1 and bool(((sums - 1).abs() < 1e-4).all()):
+            return z.numpy()  # the model already outputs probabilities
+        return torch.softmax(z, 1).numpy()
+
+    return build_gallery(x[shown], x_adv[shown], rec, shown, probs(x), probs(x_adv), clf.bounds)
 
 
 def _naive_summary(
@@ -397,12 +424,10 @@ def _write_run(
         adv_pred=rec.adv_pred,
         target=rec.target,
     )
+    from aegis.report.gallery import shown_indices
     from aegis.report.plots import save_curve, save_grid
 
-    shown = np.flatnonzero(rec.success)
-    if shown.size < 8:
-        shown = np.concatenate([shown, np.flatnonzero(~rec.success)])[:8]
-    shown = shown[:8]
+    shown = shown_indices(rec)
     name = attack if isinstance(attack, str) else ",".join(attack)
     save_grid(
         out_dir / "grid.png",
@@ -419,7 +444,7 @@ def _write_run(
     if points:
         save_curve(out_dir / "curve.png", points, norm=norm, title=name, minimal_norms=found)
         results["files"]["curve"] = "curve.png"
-    rundir.write_json(out_dir / "results.json", results)
+    rundir.finish(out_dir, results)
     return out_dir
 
 

@@ -979,6 +979,11 @@ from aegis.poisoning.command import poison as _poison  # noqa: E402  (imports no
 
 app.command(name="poison")(_poison)
 
+# `aegis report RUN_DIR`: the HTML report, rebuilt from results.json (aegis.report.command)
+from aegis.report.command import report as _report  # noqa: E402
+
+app.command(name="report", no_args_is_help=True)(_report)
+
 
 def main() -> None:
     """Entry point: AegisError → one line on stderr and exit 1 (traceback with --debug).

@@ -111,6 +111,21 @@ def flag_precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict[str, A
     }
 
 
+MAX_CONFUSION_CLASSES = 100
+"""Confusion matrices are stored for at most this many classes (10 000 counts each)."""
+
+
+def confusion_matrices(rec: Records, num_classes: int) -> dict[str, Any] | None:
+    """Clean and under-attack confusion matrices (rows: true class, columns: prediction), or
+    None beyond ``MAX_CONFUSION_CLASSES`` classes (the matrices would dwarf the results)."""
+    if num_classes > MAX_CONFUSION_CLASSES:
+        return None
+    return {
+        "clean": confusion_matrix(rec.y, rec.clean_pred, num_classes).tolist(),
+        "adversarial": confusion_matrix(rec.y, rec.adv_pred, num_classes).tolist(),
+    }
+
+
 def norm_stats(rec: Records) -> dict[str, dict[str, float | None]]:
     """Mean / median / max of each perturbation norm over the successful adversarial examples."""
     out: dict[str, dict[str, float | None]] = {}

@@ -1,4 +1,5 @@
-"""Run directories: ``results.json`` (versioned schema), ``samples.npz`` and ``grid.png``.
+"""Run directories: ``results.json`` (versioned schema), ``report.html``, ``samples.npz`` and
+``grid.png``.
 
 Nothing is written until the evaluation has finished; every file is written to a temporary name
 and renamed, and ``results.json`` is written last, so a directory with a ``results.json`` is a
@@ -74,9 +75,25 @@ def write_results(out: Path | str, results: dict[str, Any]) -> dict[str, Any]:
     """Write ``results`` as ``out/results.json`` (creating ``out``) and record ``out_dir`` in
     the returned results."""
     out_dir = prepare(Path(out))
-    write_json(out_dir / "results.json", results)
+    finish(out_dir, results)
     results["out_dir"] = str(out_dir)
     return results
+
+
+def finish(out_dir: Path, results: dict[str, Any]) -> None:
+    """Write ``report.html`` (rendered from the results exactly as ``results.json`` will hold
+    them), then ``results.json`` last."""
+    from aegis.report.html import REPORT, render_report, write_html
+
+    results.setdefault("files", {})["report"] = REPORT
+    stored = json.loads(json.dumps(results, default=_json_default, allow_nan=True))
+    try:
+        page = render_report(stored)
+    except Exception:
+        write_json(out_dir / "results.json", results)  # never lose a finished evaluation
+        raise
+    write_html(out_dir / REPORT, page)
+    write_json(out_dir / "results.json", results)
 
 
 def prepare(out: Path) -> Path:
@@ -102,7 +119,13 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise AegisError(f"cannot read {path}: {exc}; point to a finished run directory") from exc
+        raise AegisError(
+            f"cannot read {path}: {exc}; point to a finished run directory, or rerun the "
+            "aegis command that wrote it"
+        ) from exc
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise AegisError(f"{path} is not an aegis results file of schema {SCHEMA}")
+        raise AegisError(
+            f"{path} is not an aegis results file of schema {SCHEMA}; point to the "
+            "results.json of a run directory written by aegis"
+        )
     return data
