@@ -211,11 +211,66 @@ def test_detectors_find_an_obvious_poison(
     spectral = SpectralSignatures(eps=share).detect(model, x, y)
     s = flag_precision_recall(spectral.flagged, mask)
     assert s["recall"] >= 0.7  # measured 0.75; it removes 1.5·eps of every class
-    ac = ActivationClustering().detect(model, x, y)
+    ac = ActivationClustering(analysis="size").detect(model, x, y)  # a third of class 0
     a = flag_precision_recall(ac.flagged, mask)
     assert a["recall"] >= 0.8 and a["precision"] >= 0.5
-    again = ActivationClustering().detect(model, x, y)
+    again = ActivationClustering(analysis="size").detect(model, x, y)
     assert np.array_equal(ac.flagged, again.flagged)  # seeded
+
+
+@pytest.fixture(scope="module")
+def half_poisoned(digits: tuple[torch.Tensor, ...]) -> tuple[object, Classifier]:
+    """digits_cnn trained 8 epochs on digits with 10% BadNets into class 0: the poison is
+    about half of class 0, so the two clusters have similar sizes."""
+    x, y, _, _ = digits
+    attack = BadNets(rate=0.1, target=0, trigger=Trigger(shape="square", size=3, pos="br"))
+    poisoned = attack.poison(x, y, seed=0)
+    model = train_classifier(poisoned.x, poisoned.y, arch="digits_cnn", epochs=8, lr=3e-3)
+    return poisoned, model
+
+
+def test_detectors_find_poison_at_half_of_the_target_class(
+    half_poisoned: tuple[object, Classifier],
+) -> None:
+    poisoned, model = half_poisoned
+    x, y, mask = poisoned.x, poisoned.y, poisoned.mask.numpy()  # type: ignore[attr-defined]
+    share = int(mask.sum()) / int((y == 0).sum())
+    assert share > 0.45  # the case where "smaller cluster" and "highest scores" fail
+    # the old detectors: size test flags no poison; fixed removal of 1.5·ε of every class
+    old_ac = flag_precision_recall(
+        ActivationClustering(analysis="size").detect(model, x, y).flagged, mask
+    )
+    assert old_ac["recall"] < 0.1
+    old_sp = flag_precision_recall(SpectralSignatures(eps=share).detect(model, x, y).flagged, mask)
+    assert old_sp["precision"] is not None and old_sp["precision"] < 0.2
+    adaptive = SpectralSignatures(eps=share, mode="adaptive").detect(model, x, y)
+    s = flag_precision_recall(adaptive.flagged, mask)
+    assert s["recall"] >= 0.8 and s["precision"] >= 0.6  # measured 0.889 / 0.831
+    ac = ActivationClustering(analysis="exclusion", epochs=8, lr=3e-3).detect(model, x, y)
+    a = flag_precision_recall(ac.flagged, mask)
+    assert a["recall"] >= 0.8 and a["precision"] >= 0.6  # measured 0.910 / 0.732
+    c0 = next(c for c in ac.classes if c["class"] == 0)
+    assert c0["flagged"] > 0 and c0["reclassified_as_own_label"] < 0.5
+
+
+def test_detector_parameters_are_checked() -> None:
+    for make, match in (
+        (lambda: ActivationClustering(analysis="biggest"), "analysis must be one of"),
+        (lambda: ActivationClustering(min_own=0.0), "min_own"),
+        (lambda: SpectralSignatures(mode="auto"), "mode must be fixed or adaptive"),
+        (lambda: SpectralSignatures(separation=0), "separation"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            make()
+
+
+def test_exclusion_needs_a_known_architecture(
+    badnets_model: tuple[BadNets, object, Classifier],
+) -> None:
+    _, poisoned, model = badnets_model
+    renamed = Classifier(model.module, model.info, name="custom")
+    with pytest.raises(ConfigError, match="pass arch"):
+        ActivationClustering().detect(renamed, poisoned.x, poisoned.y)  # type: ignore[attr-defined]
 
 
 # -- run_poisoning and the CLI ---------------------------------------------------------------

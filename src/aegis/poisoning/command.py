@@ -69,10 +69,24 @@ def poison(
     spectral_eps: Annotated[
         float | None,
         typer.Option(
-            help="spectral: expected poisoned share of a class, ε (default: --rate); the "
-            "detector removes the 1.5·ε·n_class highest scores of each class."
+            help="spectral: upper bound ε on the poisoned share of a class (default: for a "
+            "targeted attack, n_poisoned / size of the target class, capped at 1; else --rate)."
         ),
     ] = None,
+    spectral_mode: Annotated[
+        str,
+        typer.Option(
+            help="spectral: adaptive (flag each class's separated far mode, at most 1.5·ε of "
+            "it) or fixed (the paper: the 1.5·ε·n_class highest scores of every class)."
+        ),
+    ] = "adaptive",
+    ac_analysis: Annotated[
+        str,
+        typer.Option(
+            help="activation-clustering: exclusion (retrain once without the suspect clusters), "
+            "silhouette or size (smaller cluster under 35% of its class)."
+        ),
+    ] = "exclusion",
     arch: Annotated[
         str | None,
         typer.Option(help="mnist_cnn, digits_cnn or tiny_mlp (default: the dataset's CNN)."),
@@ -136,6 +150,8 @@ def poison(
         attack_steps=attack_steps,
         defenses=names,
         spectral_eps=spectral_eps,
+        spectral_mode=spectral_mode,
+        ac_analysis=ac_analysis,
         arch=arch,
         epochs=epochs,
         lr=lr,

@@ -121,6 +121,8 @@ def run_poisoning(
     attack_steps: int = 20,
     defenses: Sequence[PoisonDetector | str] = ("activation-clustering", "spectral"),
     spectral_eps: float | None = None,
+    spectral_mode: str = "adaptive",
+    ac_analysis: str = "exclusion",
     arch: str | None = None,
     epochs: int = 5,
     lr: float = 2e-3,
@@ -143,10 +145,16 @@ def run_poisoning(
             :meth:`Trigger.parse` spec), ``pattern`` and ``alpha`` (blend), ``attack_eps`` and
             ``attack_steps`` (label-consistent's PGD on the clean model).
         defenses: detectors (instances or names of ``DETECTORS``); empty for none.
-        spectral_eps: ε of a spectral detector given by name, the expected poisoned share of a
-            class (default: the attack's rate). A backdoor that relabels ``rate · n`` points
-            into one class makes that class's share larger (about ``rate · n / n_target``); with
-            ε = rate, recall is at most 1.5 · rate · n_target / (rate · n).
+        spectral_eps: ε of a spectral detector given by name, the paper's upper bound on the
+            poisoned share of a class. Default: for an attack with a target class, the share
+            the poison would be of that class if it all landed there,
+            ``min(1, n_poisoned / n_target)`` with ``n_target`` the class's size in the poisoned
+            set (about half of class 0 for BadNets at 10% into one of ten classes; ε = rate
+            would cap the recall at 1.5 · rate · n_target / n_poisoned); otherwise the rate.
+        spectral_mode: ``adaptive`` (flag the separated far mode of each class, at most
+            1.5 · ε of it) or ``fixed`` (the paper: the 1.5 · ε · n_class highest scores).
+        ac_analysis: activation clustering's class test: ``exclusion`` (retrains once with
+            this run's recipe), ``silhouette`` or ``size``.
         arch: ``mnist_cnn``, ``digits_cnn`` or ``tiny_mlp`` (default: the dataset's CNN).
         epochs, lr, batch_size, augment_shift: the training recipe, shared by every model.
         train_limit, test_limit: use only the first N points of each split.
@@ -204,21 +212,25 @@ def run_poisoning(
         "poisoned": evaluate_model(victim, xt, yt, k, algo),
     }
     detected: dict[str, Any] = {}
+    if spectral_eps is None:
+        spectral_eps = algo.rate
+        attack_target = getattr(algo, "target", None)
+        if attack_target is not None:
+            n_target = int((poisoned.y == int(attack_target)).sum())
+            spectral_eps = min(1.0, poisoned.n_poisoned / max(n_target, 1))
+    params: dict[str, dict[str, Any]] = {
+        "spectral": {"eps": spectral_eps, "mode": spectral_mode},
+        "activation-clustering": {
+            "seed": seed,
+            "analysis": ac_analysis,
+            "arch": model_arch,
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+        },
+    }
     for d in defenses:
-        det = (
-            d
-            if isinstance(d, PoisonDetector)
-            else create_detector(
-                d,
-                **(
-                    {"eps": spectral_eps or algo.rate}
-                    if d == "spectral"
-                    else {"seed": seed}
-                    if d == "activation-clustering"
-                    else {}
-                ),
-            )
-        )
+        det = d if isinstance(d, PoisonDetector) else create_detector(d, **params.get(d, {}))
         flags = det.detect(victim, poisoned.x, poisoned.y)
         keep = torch.from_numpy(~flags.flagged)
         if int(keep.sum()) < 2:
