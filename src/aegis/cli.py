@@ -928,6 +928,13 @@ def detect(
     typer.echo(f"results: {Path(results['out_dir']) / 'results.json'}")
 
 
+# -- leakage: model extraction and membership inference (aegis.leakage) -----------------
+from aegis.leakage import cli as _leakage_cli  # noqa: E402
+
+app.command("extract", no_args_is_help=True)(_leakage_cli.extract)
+app.command("membership", no_args_is_help=True)(_leakage_cli.membership)
+
+
 def main() -> None:
     """Entry point: AegisError → one line on stderr and exit 1 (traceback with --debug).
 
