@@ -272,14 +272,19 @@ def transfer_attack(
 ) -> dict[str, Any]:
     """Craft adversarial examples on the substitute (white box) and send them to the victim.
 
-    Every point is attacked on the substitute (also the ones it gets wrong); ``success_rate``
+    Every point is attacked on the substitute (also the ones it gets wrong), for all its steps
+    (no early stop once the substitute is fooled); ``success_rate``
     is the share of the points the victim classifies correctly that it misclassifies after
     the attack; ``substitute_success_rate`` the same on the substitute itself."""
     from aegis.engine import evaluate
-    from aegis.registry import create
+    from aegis.registry import create, get_spec
     from aegis.threat import ThreatModel
 
-    algo = create(attack, steps=steps)
+    params: dict[str, Any] = {"steps": steps}
+    if "early_stop" in get_spec(attack).parameters():
+        params["early_stop"] = False  # the whole budget: stopping at the substitute's boundary
+        # gives examples that barely cross it and rarely transfer
+    algo = create(attack, **params)
     run = evaluate(
         substitute, x, y, algo, ThreatModel(norm, eps), seed=seed, attack_misclassified=True
     )
