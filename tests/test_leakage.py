@@ -115,6 +115,18 @@ def test_labels_only_never_sees_scores(victim: Classifier, digits: dict[str, tor
     assert torch.equal(sub_a.logits(digits["xt"]), sub_b.logits(digits["xt"]))
 
 
+def test_transfer_from_an_exact_copy_is_white_box(
+    victim: Classifier, digits: dict[str, torch.Tensor]
+) -> None:
+    from aegis.leakage import transfer_attack
+
+    t = transfer_attack(victim, victim, digits["xt"][:60], digits["yt"][:60], eps=0.3, steps=10)
+    assert t["n"] == 60 and t["victim_correct"] > 50
+    assert t["success_rate"] > 0.9
+    assert t["success_rate"] == t["substitute_success_rate"]
+    assert t["attack"]["early_stop"] is False
+
+
 def test_rounding_policy() -> None:
     logits = torch.tensor([[2.0, 1.0, 0.1], [0.0, 0.0, 3.0]])
     p = OutputPolicy.parse("round:1").apply(logits)
