@@ -187,7 +187,8 @@ def membership(
 ) -> None:
     """Measure how much a model trained on DATA reveals about who was in its training set.
 
-        aegis membership mnist --limit 2000 --shadows 4 --variants base,wd=5e-4,shift=1
+        aegis membership mnist --limit 1000 --epochs 20 --shadows 4
+        --variants base,wd=5e-3,epochs=5,shift=2
         --out runs/membership
 
     A target is trained per variant on a random --member-fraction of DATA (the members); the
