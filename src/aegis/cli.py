@@ -984,6 +984,12 @@ from aegis.report.command import report as _report  # noqa: E402
 
 app.command(name="report", no_args_is_help=True)(_report)
 
+# -- leakage: model extraction and membership inference (aegis.leakage) -----------------
+from aegis.leakage import cli as _leakage_cli  # noqa: E402
+
+app.command("extract", no_args_is_help=True)(_leakage_cli.extract)
+app.command("membership", no_args_is_help=True)(_leakage_cli.membership)
+
 
 def main() -> None:
     """Entry point: AegisError → one line on stderr and exit 1 (traceback with --debug).

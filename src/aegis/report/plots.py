@@ -1,4 +1,5 @@
-"""The PNG grid of originals / perturbations / adversarial examples with their labels."""
+"""Plots: the PNG grid of originals / perturbations / adversarial examples, accuracy and
+budget curves."""
 
 from __future__ import annotations
 
@@ -126,6 +127,44 @@ def save_curve(
         hx.set_title(f"minimal norms (median {median:.3g})", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def save_budget_curve(
+    path: Path,
+    curves: dict[str, list[tuple[float, float]]],
+    *,
+    ylabel: str,
+    title: str = "",
+) -> Path:
+    """One line per setting of a share (0..1, drawn in %) against a query budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for name, points in curves.items():
+        ax.plot(
+            [p[0] for p in points],
+            [100 * p[1] for p in points],
+            marker="o" if len(points) <= 12 else None,
+            label=name,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("queries (budget)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")

@@ -433,10 +433,13 @@ def _train_loop(
     *,
     resume: bool,
     progress: bool,
+    soft: Tensor | None = None,
 ) -> tuple[Classifier, int, float, float]:
     """The one training loop: every defense plugs in its crafting and its loss. Returns the
     (unfrozen) Classifier, the epochs read back from a checkpoint, the seconds of earlier
-    interrupted runs and of the loop in all runs together."""
+    interrupted runs and of the loop in all runs together. ``soft`` (n, k), rows summing to 1:
+    targets of a soft cross-entropy −Σ soft · log softmax(logits) in place of the labels'
+    cross-entropy (standard training only; ``y`` then only scores the training accuracy)."""
     seed = params["seed"]
     n, bs, epochs = x.shape[0], params["batch_size"], params["epochs"]
     batches = (n + bs - 1) // bs
@@ -478,7 +481,10 @@ def _train_loop(
                 if strategy is None:
                     module.train()
                     logits = module(xb)
-                    loss = F.cross_entropy(logits, yb)
+                    if soft is None:
+                        loss = F.cross_entropy(logits, yb)
+                    else:
+                        loss = -(soft[idx] * F.log_softmax(logits, 1)).sum(1).mean()
                 else:
                     eps_now = params["eps"] * (
                         min(1.0, (step + 1) / ramp_steps) if ramp_steps else 1.0
@@ -544,6 +550,7 @@ def train_classifier(
     eps: float = 0.3,
     checkpoint: Path | None = None,
     progress: bool = False,
+    soft_targets: Tensor | None = None,
 ) -> Classifier:
     """Train a model of an aegis architecture on in-memory data with the reference trainer's
     loop (Adam, one-cycle schedule, seeded shuffling and augmentation): the victims of
@@ -560,6 +567,9 @@ def train_classifier(
         defense: robust training (``pgd-at``, ``trades``, ``fast-at``, ``mart``) at L∞ ``eps``.
         checkpoint: a file for per-epoch checkpoints (resumed when it holds the same run).
         progress: show a progress bar.
+        soft_targets: (n, k) non-negative scores, e.g. a victim's probabilities (Knockoff
+            Nets): train on the soft cross-entropy to them (rows are normalized to sum to 1)
+            instead of the labels' cross-entropy; standard training only.
 
     Returns:
         A frozen Classifier in eval mode, in the input box [0, 1].
@@ -611,6 +621,12 @@ def train_classifier(
     _validate(params)
     if params["weight_decay"] < 0:
         raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
+    soft = None if soft_targets is None else _soft_targets(soft_targets, int(x.shape[0]), k)
+    if soft is not None:
+        if strategy is not None:
+            raise ConfigError("soft_targets apply to standard training; drop defense")
+        # only runs with soft targets carry the key: the other runs' hashes stay as they were
+        params["soft_targets"] = hashlib.sha256(soft.numpy().tobytes()).hexdigest()
     with _seeded(seed):
         module = ARCHITECTURES[arch](**kwargs)
         info = ModelInfo(num_classes=k, input_shape=shape)
@@ -624,8 +640,25 @@ def train_classifier(
             checkpoint,
             resume=True,
             progress=progress,
+            soft=soft,
         )
     return Classifier(module, info, name=arch, source="aegis.zoo.train.train_classifier")
+
+
+def _soft_targets(scores: Tensor, n: int, k: int) -> Tensor:
+    """Validated soft targets: (n, k), finite, non-negative, rows normalized to sum to 1."""
+    if scores.shape != (n, k):
+        raise DataError(
+            f"soft_targets must have shape ({n}, {k}) (one score per input and class), got "
+            f"{tuple(scores.shape)}"
+        )
+    t = scores.detach().float().cpu().contiguous()
+    if not torch.isfinite(t).all() or bool((t < 0).any()):
+        raise DataError("soft_targets must be finite and >= 0; pass probabilities, not logits")
+    total = t.sum(1, keepdim=True)
+    if bool((total <= 0).any()):
+        raise DataError("every row of soft_targets needs a positive sum; drop all-zero rows")
+    return t / total
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
