@@ -984,6 +984,11 @@ from aegis.report.command import report as _report  # noqa: E402
 
 app.command(name="report", no_args_is_help=True)(_report)
 
+# `aegis compare RUN_A RUN_B`: what got better or worse (aegis.report.compare_command)
+from aegis.report.compare_command import compare as _compare  # noqa: E402
+
+app.command(name="compare", no_args_is_help=True)(_compare)
+
 # -- leakage: model extraction and membership inference (aegis.leakage) -----------------
 from aegis.leakage import cli as _leakage_cli  # noqa: E402
 
