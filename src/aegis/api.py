@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,7 @@ def run_attack(
     adaptive: bool = True,
     eot_samples: int | None = None,
     compare_naive: bool = False,
+    resume: bool = False,
     **attack_params: Any,
 ) -> AttackRun:
     """Attack a model on a dataset and measure it; write a run directory if ``out`` is given.
@@ -183,6 +185,12 @@ def run_attack(
     ``adaptive=False`` attacks them naively (misleading). ``compare_naive`` also runs the
     naive evaluation and stores its numbers beside the adaptive ones, in
     ``results["defense"]["naive"]``; the headline stays the adaptive one.
+
+    With ``out``, every finished batch of every evaluation is written atomically under
+    ``out/progress/``; ``resume=True`` reads back the batches a killed run finished (same
+    model, data and settings) and attacks only the rest, giving the records of an
+    uninterrupted run. The folder is removed once the run's results are written; without
+    ``resume`` a leftover one is discarded and the run starts over.
     """
     if success_threshold is not None and not 0 <= success_threshold <= 1:
         raise ConfigError(
@@ -214,6 +222,10 @@ def run_attack(
             raise ConfigError("compare_naive needs a model behind preprocessing defenses")
         naive_clf = clf.with_adaptive(False)
 
+    progress_dir = None if out is None else Path(out) / "progress"
+    if progress_dir is not None and progress_dir.is_dir() and not resume:
+        shutil.rmtree(progress_dir)
+
     def evaluate_all(target: Classifier, first: int) -> list[Evaluation]:
         """Every run (one per budget, or the one unbounded run) of one classifier."""
         return [
@@ -228,6 +240,9 @@ def run_attack(
                 seed=seed,
                 attack_misclassified=attack_misclassified,
                 progress=_shifted(progress, (first + number) * n, n * len(runs) * passes),
+                checkpoint=None
+                if progress_dir is None
+                else progress_dir / f"evaluation-{first + number}",
             )
             for number, e in enumerate(runs)
         ]
@@ -296,6 +311,8 @@ def run_attack(
         out_dir = _write_run(
             Path(out), results, dataset, head, x_adv, attack, norm, head_eps, targets, found
         )
+        if progress_dir is not None and progress_dir.is_dir():
+            shutil.rmtree(progress_dir)  # the results are written: nothing left to resume
     return AttackRun(evals[-1], metrics, results, out_dir)
 
 

@@ -217,6 +217,15 @@ def attack(
             "(default: runs/<time>-<attack>)."
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run in --out: its finished batches (kept under "
+            "OUT/progress/) are read back, the rest attacked; same records as an uninterrupted "
+            "run with the same seed.",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Inputs per batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed → same result).")] = 0,
     limit: Annotated[int | None, typer.Option(help="Use only the first N inputs.")] = None,
@@ -317,6 +326,8 @@ def attack(
         data_options["layout"] = data_layout
     if gate and success_threshold is None:
         raise ConfigError("--gate needs --success-threshold (e.g. 0.9)")
+    if resume and out is None:
+        raise ConfigError("--resume needs the --out directory of the interrupted run")
     out_dir = (
         out
         if out is not None
@@ -369,6 +380,7 @@ def attack(
             adaptive=adaptive,
             eot_samples=eot_samples,
             compare_naive=naive,
+            resume=resume,
             **params,
         )
     finally:

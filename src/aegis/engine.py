@@ -7,10 +7,14 @@ returned; the budget and box of every returned input are audited before a record
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,6 +82,7 @@ def evaluate(
     seed: int = 0,
     attack_misclassified: bool = False,
     progress: ProgressFn | None = None,
+    checkpoint: Path | str | None = None,
 ) -> Evaluation:
     """Attack ``x`` in batches and record, per sample, predictions, success, norms and calls.
 
@@ -90,6 +95,11 @@ def evaluate(
         targets: None (untargeted), one class for every input, or one class per input.
         attack_misclassified: also attack points the model already gets wrong.
         progress: called with the number of samples finished after every batch.
+        checkpoint: a folder where each finished batch is written atomically (records and
+            adversarial inputs); a batch already there for the same model, data and settings
+            is read back instead of attacked again. Every batch draws from its own seed
+            (``batch_seed``), so a run killed at any moment and started again with the same
+            folder gives the records of an uninterrupted run (timings aside).
     """
     xt = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
     yt = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
@@ -128,10 +138,22 @@ def evaluate(
         # Decided before the first attack call, so the whole run takes one path.
         model.prepare_frozen(xt[:bs].to(model.device, torch.float32))
 
+    config = _config(attacks, threat, tgt, n, bs, seed, attack_misclassified)
+    store = (
+        None if checkpoint is None else _BatchStore(Path(checkpoint), model, xt, yt, tgt, config)
+    )
+
     parts: list[Records] = []
     advs: list[np.ndarray] = []
     start_all = time.perf_counter()
     for start in range(0, n, bs):
+        done = None if store is None else store.load(start)
+        if done is not None:
+            parts.append(done[0])
+            advs.append(done[1])
+            if progress is not None:
+                progress(min(start + bs, n))
+            continue
         t0 = time.perf_counter()
         xb = xt[start : start + bs].to(model.device, torch.float32)
         yb = yt[start : start + bs].to(model.device)
@@ -143,11 +165,25 @@ def evaluate(
         rec.seconds = np.full(xb.shape[0], (time.perf_counter() - t0) / xb.shape[0])
         parts.append(rec)
         advs.append(xb_adv.cpu().numpy())
+        if store is not None:
+            store.save(start, rec, advs[-1])
         if progress is not None:
             progress(min(start + bs, n))
     records = Records.concat(parts)
     x_adv = np.concatenate(advs) if advs else np.zeros((0, *model.input_shape), np.float32)
-    config = {
+    return Evaluation(records, x_adv, config, time.perf_counter() - start_all)
+
+
+def _config(
+    attacks: list[Attack],
+    threat: ThreatModel,
+    tgt: np.ndarray | None,
+    n: int,
+    bs: int,
+    seed: int,
+    attack_misclassified: bool,
+) -> dict[str, Any]:
+    return {
         "attack": (
             attacks[0].to_dict()
             if len(attacks) == 1
@@ -164,7 +200,62 @@ def evaluate(
         "seed": seed,
         "attack_misclassified": attack_misclassified,
     }
-    return Evaluation(records, x_adv, config, time.perf_counter() - start_all)
+
+
+class _BatchStore:
+    """Finished batches of one evaluation, one ``.npz`` per batch in a folder, each written
+    to a temporary name and renamed (a kill leaves either the whole batch or none of it).
+    Batches are keyed by a digest of the model's weights, the data and the settings."""
+
+    def __init__(
+        self,
+        folder: Path,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        tgt: np.ndarray | None,
+        config: dict[str, Any],
+    ) -> None:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"checkpoint {folder} is a file; give a folder for the batches")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+        h.update(json.dumps(model.info.to_dict(), sort_keys=True, default=str).encode())
+        module = model.module
+        if isinstance(module, torch.nn.Module):
+            for name, t in module.state_dict().items():
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(model.name.encode())
+        for arr in (x.numpy(), y.numpy(), np.zeros(0) if tgt is None else tgt):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        self.key = h.hexdigest()[:32]
+
+    def _path(self, start: int) -> Path:
+        return self.folder / f"batch-{start:09d}-{self.key}.npz"
+
+    def load(self, start: int) -> tuple[Records, np.ndarray] | None:
+        path = self._path(start)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                rec = Records(**{f.name: data[f.name] for f in fields(Records)})
+                return rec, data["x_adv"]
+        except (OSError, ValueError, KeyError) as exc:  # a damaged file: attack it again
+            log.warning("checkpoint %s unreadable (%s); attacking that batch again", path, exc)
+            return None
+
+    def save(self, start: int, rec: Records, x_adv: np.ndarray) -> None:
+        path = self._path(start)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, x_adv=x_adv, **{f.name: getattr(rec, f.name) for f in fields(Records)})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
 
 def _run_batch(
