@@ -238,18 +238,26 @@ def load_dataset(
     """
     _check_options(layout=layout, input_shape=input_shape, split=split, scale=scale, limit=limit)
     builtin = BUILTINS.get(spec.lower())  # a bare name; "./mnist" is a path
+    if not spec.strip():
+        raise DataError(
+            "no dataset given; pass a built-in name, a .npy/.npz file or an image folder"
+        )
     path = Path(spec).expanduser()
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        raise DataError(f"cannot use {spec[:80]!r} as a data path ({exc}); check it") from exc
     if builtin is not None:
         if labels is not None:
             raise ConfigError(f"built-in dataset {builtin.name} has its own labels; drop --labels")
         ds = _load_builtin(builtin, split=split, scale=scale, input_shape=input_shape)
-    elif path.is_dir():
+    elif is_dir:
         if labels is not None:
             raise ConfigError(
                 "an image folder takes its labels from its sub-folder names; drop --labels"
             )
         ds = _load_folder(path, scale=scale, input_shape=input_shape)
-    elif path.is_file():
+    elif is_file:
         ds = _load_array_file(
             path, labels=labels, layout=layout, input_shape=input_shape, split=split, scale=scale
         )

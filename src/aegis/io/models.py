@@ -119,7 +119,13 @@ def load_classifier(
             metadata given; UnsafeFileError when loading it would execute code from it.
     """
     file = Path(path)
-    if not file.exists():
+    try:
+        found = file.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        raise ModelError(
+            f"cannot use {str(file)[:80]!r} as a model path ({exc}); check it"
+        ) from exc
+    if not found:
         raise ModelError(f"no such model file {file}; check the path")
     if file.is_dir():
         raise ModelError(f"{file} is a directory; pass the model file itself")
