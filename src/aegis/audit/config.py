@@ -186,13 +186,7 @@ class MembershipEval(_Evaluation):
 
 
 Evaluation = Annotated[
-    AttackEval
-    | DefendEval
-    | DetectEval
-    | CertifyEval
-    | PoisonEval
-    | ExtractEval
-    | MembershipEval,
+    AttackEval | DefendEval | DetectEval | CertifyEval | PoisonEval | ExtractEval | MembershipEval,
     Field(discriminator="type"),
 ]
 
