@@ -4,7 +4,8 @@ Exit codes:
   0  done (for ``attack --gate``: the attack stayed below the success threshold)
   1  error: bad input, unloadable model, impossible parameter (one line on stderr)
   2  usage error: unknown option or missing argument
-  3  ``attack --gate`` only: the attack reached --success-threshold (block the model in CI)
+  3  gate tripped: ``attack --gate`` reached --success-threshold, or an ``audit`` threshold
+     failed (block the model in CI)
 """
 
 from __future__ import annotations
@@ -1000,6 +1001,11 @@ app.command(name="report", no_args_is_help=True)(_report)
 from aegis.report.compare_command import compare as _compare  # noqa: E402
 
 app.command(name="compare", no_args_is_help=True)(_compare)
+
+# `aegis audit CONFIG`: every evaluation from one YAML config, a CI gate (aegis.audit)
+from aegis.audit.command import audit as _audit  # noqa: E402
+
+app.command(name="audit")(_audit)
 
 # -- leakage: model extraction and membership inference (aegis.leakage) -----------------
 from aegis.leakage import cli as _leakage_cli  # noqa: E402

@@ -1,0 +1,1 @@
+"""``aegis audit``: one YAML config, every evaluation, one run directory and a CI gate."""
