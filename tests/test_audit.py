@@ -177,3 +177,26 @@ def test_missing_figure_fails_with_a_reason() -> None:
     ).evaluations[0]
     (check,) = judge(ev, {"detection_auc": None})
     assert check["passed"] is False and "missing" in check["reason"]
+
+
+def test_every_kind_of_evaluation_runs_end_to_end(
+    cli: Cli, tmp_path: Path, model_path: str
+) -> None:
+    """The example with every evaluation uncommented, on digits: each sub-run writes its
+    results and report, the audit writes its own, and its failed thresholds gate (exit 3)."""
+    full = yaml.safe_load(re.sub(r"(?m)^  # (-|  )", r"  \1", EXAMPLE))
+    full["models"] = [model_path]
+    config = _write(tmp_path, full)
+    out = tmp_path / "run"
+    code, _, err = cli("audit", str(config), "--out", str(out))
+    assert code in (EXIT_OK, EXIT_GATE), err
+    res = json.loads((out / "results.json").read_text())
+    assert res["kind"] == "audit" and (out / "report.html").is_file()
+    assert [e["type"] for e in res["evaluations"]] == [
+        "attack", "detect", "defend", "certify", "poison", "extract", "membership",
+    ]  # fmt: skip
+    for e in res["evaluations"]:
+        assert e["status"] == "ok", e
+        sub = out / e["out_dir"]  # relative to the audit directory
+        assert (sub / "results.json").is_file() and (sub / "report.html").is_file(), sub
+    assert (code == EXIT_OK) == res["passed"]

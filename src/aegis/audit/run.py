@@ -326,6 +326,6 @@ def run_audit(config: AuditConfig, out: str | Path) -> dict[str, Any]:
         "errors": errors,
         "passed": errors == 0 and all(e["passed"] for e in summaries),
     }
-    rundir.write_json(out_dir / "results.json", results)
+    rundir.finish(out_dir, results)  # report.html (the generic renderer), then results.json
     results["out_dir"] = str(out_dir)
     return results
