@@ -27,8 +27,11 @@ app = typer.Typer(
         "Attack, harden and measure the security of image classifiers.\n\n"
         "Point `aegis attack` at a model file (PyTorch, Keras, ONNX) and an attack dataset "
         "(.npy, .npz, an image folder, or a built-in one) to get metrics, pictures and a "
-        "verdict. Exit codes: 0 done, 1 error, 2 usage error, 3 gate tripped "
-        "(`attack --gate`: the attack reached --success-threshold)."
+        "verdict; `aegis audit` runs a whole declared suite, `aegis report` rebuilds a run's "
+        "HTML report and `aegis compare` shows what got better or worse between two runs. "
+        "Exit codes: 0 done, 1 error, 2 usage error, 3 gate tripped (`attack --gate`: the "
+        "attack reached --success-threshold; `audit`: a threshold failed; `compare "
+        "--fail-on-worse`: a figure got worse)."
     ),
     no_args_is_help=True,
     add_completion=False,
