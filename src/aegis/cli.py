@@ -792,7 +792,8 @@ def defend(
         "upper bound on robust accuracy, not a guarantee (detector rows: classifier + "
         "detector, worst case with the adaptive attack). *naive: the same attack without "
         "BPDA/EOT, MISLEADING. certified: certified L2 accuracy at each radius. "
-        f"results: {Path(table['out_dir']) / 'results.json'}"
+        f"results: {Path(table['out_dir']) / 'results.json'}  "
+        f"report: {Path(table['out_dir']) / 'report.html'}"
     )
 
 
@@ -859,7 +860,10 @@ def certify(
         f"largest radius these n and α can certify: "
         f"{results['config']['max_certifiable_radius']:.3g} (σ·Φ⁻¹(α^(1/n)))"
     )
-    typer.echo(f"results: {Path(results['out_dir']) / 'results.json'}")
+    typer.echo(
+        f"results: {Path(results['out_dir']) / 'results.json'}  "
+        f"report: {Path(results['out_dir']) / 'report.html'}"
+    )
 
 
 @app.command(no_args_is_help=True)
@@ -987,7 +991,10 @@ def detect(
         "combined robust accuracy is an upper bound, not a guarantee: a stronger adaptive "
         "attack can only lower it"
     )
-    typer.echo(f"results: {Path(results['out_dir']) / 'results.json'}")
+    typer.echo(
+        f"results: {Path(results['out_dir']) / 'results.json'}  "
+        f"report: {Path(results['out_dir']) / 'report.html'}"
+    )
 
 
 # -- aegis poison (implementation in aegis.poisoning.command) --------------------------------
