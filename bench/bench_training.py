@@ -11,8 +11,9 @@ Pairs (aegis ↔ ART):
   fast-at ↔ AdversarialTrainerFBFPyTorch      (FGSM from a random start, step 1.25·ε)
   mart    ↔ (no ART counterpart)
 
-aegis trains with its recipe (Adam, one-cycle LR peaking at 2e-3 — 5e-3 for fast-at, as in
-Wong et al.'s MNIST setting — and ε ramped over the first 40% of the steps); ART's trainers
+aegis trains with its recipe (Adam, one-cycle LR peaking at 2e-3, ε ramped over the first 40%
+of the steps; fast-at: SGD with momentum 0.9 and weight decay 5e-4, one-cycle peak 0.2, full ε
+from the start, since with Adam it overfitted catastrophically); ART's trainers
 with theirs: Adam at a constant 2e-3 for Madry and TRADES, and SGD (momentum 0.9) for FBF,
 whose own schedule sets the LR (a triangle peaking at 0.21).
 Wall time is the training only (not the evaluation). Run by hand, one thread:

@@ -266,8 +266,13 @@ def test_registry_metadata() -> None:
         assert spec.paper.startswith("https://") and spec.needs and spec.summary
     assert get_training_spec("pgd").name == "pgd-at"
     # Fast-AT on MNIST takes Wong et al.'s peak LR; PGD-AT keeps the earlier recipe's.
-    assert RECIPES["mnist"].lr_for("fast-at") == 5e-3
+    assert RECIPES["mnist"].lr_for("fast-at") == 0.2
+    assert RECIPES["mnist"].optimizer_for("fast-at") == "sgd"
+    assert RECIPES["mnist"].ramp_for("fast-at") == 0.0
     assert RECIPES["mnist"].lr_for("pgd-at") == RECIPES["mnist"].lr_for(None) == 2e-3
+    assert RECIPES["mnist"].optimizer_for("pgd-at") == RECIPES["digits"].optimizer_for("fast-at")
+    assert RECIPES["mnist"].optimizer_for(None) == "adam"
+    assert RECIPES["mnist"].ramp_for("pgd-at") == RECIPES["mnist"].eps_ramp
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -215,3 +215,13 @@ def test_train_classifier_refuses_bad_labels_in_one_line() -> None:
         train_classifier(x, torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]), num_classes=3, arch="tiny_mlp")
     with pytest.raises(DataError, match="NaN"):
         train_classifier(x * float("nan"), torch.zeros(8, dtype=torch.long), arch="tiny_mlp")
+
+
+def test_train_reference_takes_sgd_and_refuses_other_optimizers(tmp_path: Path) -> None:
+    r = train_reference(
+        "digits", out_dir=tmp_path, epochs=2, optimizer="sgd", lr=0.05, progress=False
+    )
+    side = json.loads(r.sidecar_path.read_text())
+    assert side["training"]["optimizer"] == "sgd" and r.test_accuracy > 0.5
+    with pytest.raises(ConfigError, match="optimizer must be adam or sgd"):
+        train_reference("digits", out_dir=tmp_path, optimizer="rmsprop", progress=False)
