@@ -395,6 +395,11 @@ def attack(
         raise typer.Exit(EXIT_GATE)
 
 
+def _run_files(out_dir: str | Path) -> str:
+    """The line that tells where a run's results and report are."""
+    return f"results: {Path(out_dir) / 'results.json'}  report: {Path(out_dir) / 'report.html'}"
+
+
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{v:.1%}"
 
@@ -792,8 +797,7 @@ def defend(
         "upper bound on robust accuracy, not a guarantee (detector rows: classifier + "
         "detector, worst case with the adaptive attack). *naive: the same attack without "
         "BPDA/EOT, MISLEADING. certified: certified L2 accuracy at each radius. "
-        f"results: {Path(table['out_dir']) / 'results.json'}  "
-        f"report: {Path(table['out_dir']) / 'report.html'}"
+        + _run_files(table["out_dir"])
     )
 
 
@@ -860,10 +864,7 @@ def certify(
         f"largest radius these n and α can certify: "
         f"{results['config']['max_certifiable_radius']:.3g} (σ·Φ⁻¹(α^(1/n)))"
     )
-    typer.echo(
-        f"results: {Path(results['out_dir']) / 'results.json'}  "
-        f"report: {Path(results['out_dir']) / 'report.html'}"
-    )
+    typer.echo(_run_files(results["out_dir"]))
 
 
 @app.command(no_args_is_help=True)
@@ -991,10 +992,7 @@ def detect(
         "combined robust accuracy is an upper bound, not a guarantee: a stronger adaptive "
         "attack can only lower it"
     )
-    typer.echo(
-        f"results: {Path(results['out_dir']) / 'results.json'}  "
-        f"report: {Path(results['out_dir']) / 'report.html'}"
-    )
+    typer.echo(_run_files(results["out_dir"]))
 
 
 # -- aegis poison (implementation in aegis.poisoning.command) --------------------------------

@@ -471,8 +471,7 @@ def _frozen_copy(module: object, z: Tensor, name: str) -> Callable[[Tensor], Ten
             want, got = module(other), frozen(other)
             if not (isinstance(want, Tensor) and isinstance(got, Tensor)):
                 return None
-            tol = 1e-4 * max(1.0, float(want.abs().max()))
-            if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=tol):
+            if not _close(want, got):
                 log.debug("%s: the frozen copy differs from the module; not used", name)
                 return None
     except Exception as exc:  # any failure means: keep the module
@@ -494,6 +493,7 @@ def _logits_and_grad(module: torch.nn.Module, z: Tensor) -> tuple[Tensor, Tensor
 
 
 def _close(a: Tensor, b: Tensor) -> bool:
+    """Equal within 1e-4 (relative, and absolute on the scale of ``a``), of the same shape."""
     tol = 1e-4 * max(1.0, float(a.abs().max()))
     return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=tol)
 

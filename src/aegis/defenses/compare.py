@@ -47,25 +47,47 @@ from aegis.metrics import precision_recall_f1
 log = logging.getLogger(__name__)
 
 
+COLUMNS = (
+    "name",
+    "kind",
+    "n",
+    "clean_accuracy",
+    "clean_macro_precision",
+    "clean_macro_recall",
+    "clean_macro_f1",
+    "adversarial_accuracy",
+    "suspicious",
+    "seconds",
+    "naive_adversarial_accuracy",
+    "detection_auc",
+    "certified_accuracy",
+    "train_seconds",
+)
+"""Every row has these keys; a column that does not apply to a row is None."""
+
+
+def _blank(name: str, kind: str, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(name=name, kind=kind, suspicious=[])
+    row.update(values)
+    return row
+
+
 def _row(name: str, kind: str, run: AttackRun) -> dict[str, Any]:
     m = run.metrics
     clean = m["clean"]
-    row: dict[str, Any] = {
-        "name": name,
-        "kind": kind,
-        "n": m["n"],
-        "clean_accuracy": m["clean_accuracy"],
-        "clean_macro_precision": clean["macro_precision"],
-        "clean_macro_recall": clean["macro_recall"],
-        "clean_macro_f1": clean["macro_f1"],
-        "adversarial_accuracy": m["adversarial_accuracy"],
-        "suspicious": [f["name"] for f in run.results["sanity"] if f["flagged"]],
-        "seconds": run.results["seconds"],
-        "naive_adversarial_accuracy": None,
-        "detection_auc": None,
-        "certified_accuracy": None,
-        "train_seconds": None,
-    }
+    row = _blank(
+        name,
+        kind,
+        n=m["n"],
+        clean_accuracy=m["clean_accuracy"],
+        clean_macro_precision=clean["macro_precision"],
+        clean_macro_recall=clean["macro_recall"],
+        clean_macro_f1=clean["macro_f1"],
+        adversarial_accuracy=m["adversarial_accuracy"],
+        suspicious=[f["name"] for f in run.results["sanity"] if f["flagged"]],
+        seconds=run.results["seconds"],
+    )
     defense = run.results.get("defense")
     if defense and defense.get("naive"):
         row["naive_adversarial_accuracy"] = defense["naive"]["adversarial_accuracy"]
@@ -121,7 +143,7 @@ def compare_defenses(
         run = run_attack(base, data, preprocess=[spec], compare_naive=True, **common)
         rows.append(_row(f"{Path(base).name} + {spec}", "preprocess", run))
     for name in detectors:
-        rows.append(_detector_row(base, data, name, rows[0], common))
+        rows.append(_detector_row(base, data, name, common))
     radii = sorted(float(r) for r in certify_radii)
     if smoothed and (not radii or any(not r > 0 for r in radii)):
         raise ConfigError(f"certify radii must be > 0, got {list(certify_radii)}")
@@ -143,7 +165,7 @@ def compare_defenses(
 
 
 def _detector_row(
-    base: str | Path, data: str | Path, name: str, base_row: dict[str, Any], common: dict[str, Any]
+    base: str | Path, data: str | Path, name: str, common: dict[str, Any]
 ) -> dict[str, Any]:
     """The base model with a detector: clean figures of the combined system, its ROC-AUC
     against the attack, and the worst case of the attack and the adaptive attack."""
@@ -162,21 +184,19 @@ def _detector_row(
     )["detection"]
     na = det["non_adaptive"]
     worst = det.get("worst_case", {}).get("robust_accuracy", na["combined"]["robust_accuracy"])
-    return {
-        **{k: None for k in base_row},
-        "name": f"{Path(base).name} + {name} detector",
-        "kind": "detector",
-        "n": det["n"],
+    return _blank(
+        f"{Path(base).name} + {name} detector",
+        "detector",
+        n=det["n"],
         # The combined system answers "adversarial" on flagged clean inputs: that is its
         # clean accuracy; per-class precision/recall are the classifier's (base row).
-        "clean_accuracy": na["combined"]["clean_accuracy"],
-        "adversarial_accuracy": worst,
-        "detection_auc": na["roc_auc"],
-        "detection_tpr": na["tpr"],
-        "clean_flagged": det["clean_flagged"],
-        "suspicious": [],
-        "seconds": det["seconds"],
-    }
+        clean_accuracy=na["combined"]["clean_accuracy"],
+        adversarial_accuracy=worst,
+        detection_auc=na["roc_auc"],
+        detection_tpr=na["tpr"],
+        clean_flagged=det["clean_flagged"],
+        seconds=det["seconds"],
+    )
 
 
 def _smoothed_row(
@@ -207,22 +227,18 @@ def _smoothed_row(
     pred = np.asarray(cert["certificates"]["prediction"], dtype=np.int64)
     y = np.asarray(cert["certificates"]["y"], dtype=np.int64)
     prf = precision_recall_f1(y, np.where(pred < 0, k, pred), k + 1)
-    return {
-        "name": f"{Path(path).name} smoothed σ={sigma:g}",
-        "kind": "smoothed",
-        "n": summary["n"],
-        "clean_accuracy": summary["accuracy"],
-        "clean_macro_precision": prf["macro_precision"],
-        "clean_macro_recall": prf["macro_recall"],
-        "clean_macro_f1": prf["macro_f1"],
-        "adversarial_accuracy": None,
-        "suspicious": [],
-        "seconds": summary["seconds"],
-        "naive_adversarial_accuracy": None,
-        "detection_auc": None,
-        "certified_accuracy": {
+    return _blank(
+        f"{Path(path).name} smoothed σ={sigma:g}",
+        "smoothed",
+        n=summary["n"],
+        clean_accuracy=summary["accuracy"],
+        clean_macro_precision=prf["macro_precision"],
+        clean_macro_recall=prf["macro_recall"],
+        clean_macro_f1=prf["macro_f1"],
+        seconds=summary["seconds"],
+        certified_accuracy={
             f"{c['radius']:g}": c["accuracy"] for c in summary["certified_accuracy"]
         },
-        "abstain_rate": summary["abstain_rate"],
-        "train_seconds": side.get("train_seconds", side.get("seconds")),
-    }
+        abstain_rate=summary["abstain_rate"],
+        train_seconds=side.get("train_seconds", side.get("seconds")),
+    )

@@ -56,7 +56,7 @@ def compare(
     from rich.table import Table
 
     from aegis.io.rundir import read_results
-    from aegis.report.diff import compare_results, gate
+    from aegis.report.diff import compare_results, counts, gate
 
     if fail_on_worse is not None and fail_on_worse < 0:
         raise ConfigError(f"--fail-on-worse must be >= 0, got {fail_on_worse}")
@@ -67,10 +67,7 @@ def compare(
     diff = compare_results(read_results(run_a), read_results(run_b))
     if pattern is not None:
         diff["rows"] = [r for r in diff["rows"] if pattern.search(r["path"])]
-        diff["counts"] = {
-            c: sum(r["change"] == c for r in diff["rows"])
-            for c in ("better", "worse", "changed", "same")
-        }
+        diff["counts"] = counts(diff["rows"])
     for key, pair in diff["setup_differences"].items():
         typer.echo(f"warning: the runs differ in {key}: {pair['a']!r} vs {pair['b']!r}")
     order = {"worse": 0, "better": 1, "changed": 2, "same": 3}

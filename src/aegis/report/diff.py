@@ -142,10 +142,13 @@ def compare_results(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "setup_differences": {
             k: {"a": ran_a[k], "b": ran_b[k]} for k in ran_a if ran_a[k] != ran_b[k]
         },
-        "counts": {
-            c: sum(r["change"] == c for r in rows) for c in ("better", "worse", "changed", "same")
-        },
+        "counts": counts(rows),
     }
+
+
+def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many rows got better, worse, changed (not judged) or stayed the same."""
+    return {c: sum(r["change"] == c for r in rows) for c in ("better", "worse", "changed", "same")}
 
 
 def gate(diff: dict[str, Any], tolerance: float) -> list[dict[str, Any]]:
