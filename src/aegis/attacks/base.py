@@ -123,9 +123,16 @@ def best_of_restarts(
     return x_out
 
 
+DECISIVE = 1e-5  # margin an iterate must clear, relative to its largest logit (see below)
+
+
 def is_adversarial(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
-    pred = logits.argmax(1)
-    return pred == targets if targets is not None else pred != y
+    """Whether each row is adversarial *decisively*: the winning class leads by more than
+    ``DECISIVE · (1 + max |z|)``. Minimal-norm attacks stop right at the boundary; a point
+    that wins by a rounding error there can lose when the engine predicts it again in another
+    batch or memory layout (seen: a near-tie input flipped back by 1e-6 in its logits)."""
+    tol = DECISIVE * (1 + logits.detach().abs().amax(1))
+    return margin(logits.detach(), y, targets) < -tol
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aegis.attacks.base import Attack, margin
+from aegis.attacks.base import Attack, is_adversarial, margin
 from aegis.errors import ConfigError
 from aegis.model import Classifier, LossFn
 from aegis.registry import register
@@ -160,7 +160,7 @@ class CarliniWagnerL2(Attack):
                 loss_fn = margin_loss(y0, t0, const[idx], self.kappa)
                 logits, class_loss, grad = model.value_and_grad(x_cur, loss_fn, rows=idx)
                 size = flat(delta).pow(2).sum(1)
-                hit = margin(logits, y0, t0) < -self.kappa
+                hit = (margin(logits, y0, t0) < -self.kappa) & is_adversarial(logits, y0, t0)
                 best.offer(idx, x_cur, size.sqrt(), hit)
                 success[idx] |= hit
                 if k == self.steps - 1:

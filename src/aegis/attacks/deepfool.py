@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aegis.attacks.base import Attack
+from aegis.attacks.base import Attack, is_adversarial
 from aegis.errors import ConfigError
 from aegis.model import Classifier, LossFn
 from aegis.registry import register
@@ -39,9 +39,8 @@ MIN_GROWTH = 0.01  # the overshoot increment used by the final check when oversh
 
 
 def crossed(logits: Tensor, y: Tensor) -> Tensor:
-    """Misclassified with a strict margin: some z_k > z_y (a tie is not a success)."""
-    own = logits.gather(1, y[:, None]).squeeze(1)
-    return logits.scatter(1, y[:, None], float("-inf")).amax(1) > own
+    """Misclassified decisively (a tie, or a lead of a rounding error, is not a success)."""
+    return is_adversarial(logits, y, None)
 
 
 def _difference(cls: Tensor, y: Tensor) -> LossFn:

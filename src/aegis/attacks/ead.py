@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aegis.attacks.base import Attack, margin
+from aegis.attacks.base import Attack, is_adversarial, margin
 from aegis.attacks.cw import STALL, Best, check_search, margin_loss, next_consts
 from aegis.errors import ConfigError
 from aegis.model import Classifier
@@ -110,7 +110,7 @@ class EAD(Attack):
                 logits, _, grad = model.value_and_grad(
                     y_k, margin_loss(y0, t0, c, self.kappa), rows=idx
                 )
-                hit = margin(logits, y0, t0) < -self.kappa
+                hit = (margin(logits, y0, t0) < -self.kappa) & is_adversarial(logits, y0, t0)
                 best.offer(idx, y_k, flat(y_k - x0).abs().sum(1), hit)
                 success[idx] |= hit
                 x_next = shrink(y_k - alpha * (grad + 2 * (y_k - x0)), x0, self.beta, lo, hi)
@@ -118,7 +118,7 @@ class EAD(Attack):
                 x_k = x_next
                 logits = model.logits(x_k, rows=idx)
                 m = margin(logits, y0, t0)
-                hit = m < -self.kappa
+                hit = (m < -self.kappa) & is_adversarial(logits, y0, t0)
                 l1 = flat(x_k - x0).abs().sum(1)
                 best.offer(idx, x_k, l1, hit)
                 success[idx] |= hit

@@ -283,15 +283,39 @@ class FAB(Attack):
             best_norm[pos] = torch.where(better, size, best_norm[pos])
             return adv
 
+        # With a finite ε and one boundary row per point (FAB-T), few iterates are adversarial
+        # (a point fooled within ε leaves), so the check of x_{k+1} is deferred to the next
+        # step's gradient call, which returns its logits anyway; only the rows found
+        # adversarial there take the backward step and are linearized again. That spares the
+        # forward pass per step; the iterates and the points dropped are the same.
+        deferred = math.isfinite(threat.eps) and (t is not None or any_error)
+        pending = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
         for step in range(self.steps):
-            if math.isfinite(threat.eps) and step % CHECK_EVERY == 0:
+            check = math.isfinite(threat.eps) and step % CHECK_EVERY == 0
+            if check and not deferred:
                 active = active[best_norm[active] > threat.eps]  # fooled within ε: done
                 if active.numel() == 0:
                     break
-            xa, xo = x_cur[active], x0[active]
+            xa = x_cur[active]
             ta = None if t is None else t[active]
             logits, f, g = self._linearize(model, xa, y[active], ta, rows[active], any_error)
-            keep(active, xa, logits)  # the iterate itself may already be adversarial
+            adv = keep(active, xa, logits)  # the iterate itself may already be adversarial
+            if check and deferred:  # the same drop, once the deferred check is done
+                stay = best_norm[active] > threat.eps
+                active, xa, f, g, adv = active[stay], xa[stay], f[stay], g[stay], adv[stay]
+                if active.numel() == 0:
+                    break
+            xo = x0[active]
+            back = adv & pending[active]
+            if bool(back.any()):  # deferred check: backward step, then linearize there
+                pos, ab = active[back], back.nonzero().squeeze(1)
+                xb = x0[pos] + self.beta * (x_cur[pos] - x0[pos])
+                x_cur[pos] = xb
+                tb = None if t is None else t[pos]
+                lb, fb, gb = self._linearize(model, xb, y[pos], tb, rows[pos], any_error)
+                keep(pos, xb, lb)
+                xa, f, g = xa.clone(), f.clone(), g.clone()
+                xa[ab], f[ab], g[ab] = xb, fb, gb
             # The closest linearized boundary, in the threat's norm.
             dist = f.abs() / (norms(g.reshape(-1, g.shape[-1]), DUAL[norm]).view(f.shape) + 1e-12)
             j = dist.argmin(1)
@@ -308,9 +332,16 @@ class FAB(Attack):
             alpha = (n_cur / (n_cur + n_orig)).clamp(0, self.alpha_max)[:, None]
             x_new = (1 - alpha) * (xf + self.eta * d_cur) + alpha * (x0f + self.eta * d_orig)
             x_new = x_new.clamp(*bounds).view_as(xa)
+            if deferred:
+                x_cur[active] = x_new
+                pending[active] = True
+                continue
             adv = keep(active, x_new, model.logits(x_new, rows=rows[active]))
             # Backward step: an adversarial point moves toward the original one.
             x_cur[active] = torch.where(adv.view(view), xo + self.beta * (x_new - xo), x_new)
+        last = active[pending[active]]
+        if last.numel():  # the deferred check of the last step's iterates
+            keep(last, x_cur[last], model.logits(x_cur[last], rows=rows[last]))
         return best, best_norm
 
 

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from aegis.attacks._queries import rows_per_call
-from aegis.attacks.base import Attack
+from aegis.attacks.base import Attack, is_adversarial
 from aegis.errors import ConfigError
 from aegis.model import Classifier
 from aegis.registry import register
@@ -78,8 +78,13 @@ class _Oracle:
 
     def ask(self, z: Tensor, idx: Tensor, sizes: Tensor | None = None) -> Tensor:
         """Whether each row of ``z`` is adversarial for its point ``idx[i]`` (``sizes``: the
-        rows' perturbation norms, when the caller has them)."""
-        adv = self.adversarial_for(self.labels(z, idx), idx)
+        rows' perturbation norms, when the caller has them). One query per row; only the
+        decision is used (decisive, see ``is_adversarial``)."""
+        self.used.index_add_(0, idx, torch.ones_like(idx))
+        logits = self.model.logits(z, rows=idx)
+        adv = is_adversarial(
+            logits, self.y[idx], None if self.targets is None else self.targets[idx]
+        )
         self.offer(z, idx, adv, sizes)
         return adv
 
