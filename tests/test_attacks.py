@@ -340,3 +340,15 @@ def test_apgd_early_stop_changes_nothing_but_cost(digits_model, name, norm) -> N
         calls.append(int(counter.gradient.sum()))
     assert torch.allclose(out[0], out[1], atol=1e-6)
     assert calls[0] < calls[1]
+
+
+def test_a_near_tie_is_not_adversarial() -> None:
+    """A point that wins by a rounding error is not counted: re-predicted in another batch or
+    memory layout, it may lose (the engine predicts every returned point again)."""
+    y = torch.tensor([0, 0, 0, 0])
+    logits = torch.tensor(
+        [[6.0, 6.0, 0.0], [6.0, 6.0 + 1e-6, 0.0], [6.0, 6.01, 0.0], [6.0, 5.0, 0.0]]
+    )
+    assert is_adversarial(logits, y, None).tolist() == [False, False, True, False]
+    targets = torch.tensor([1, 1, 1, 2])
+    assert is_adversarial(logits, y, targets).tolist() == [False, False, True, False]

@@ -623,6 +623,14 @@ def train(
     out: Annotated[Path, typer.Option(help="Folder for the model file and its sidecar.")] = Path(
         "models"
     ),
+    noise_sigma: Annotated[
+        float | None,
+        typer.Option(
+            help="Train on Gaussian-noise-augmented inputs, N(0, σ²) per batch (Cohen et al.): "
+            "the base model of randomized smoothing for `aegis certify --sigma σ`, written as "
+            "<dataset>_cnn_noise<σ>.safetensors. Not with --defense."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Retrain even if the model exists.")] = False,
     resume: Annotated[
         bool,
@@ -647,13 +655,15 @@ def train(
         progress=sys.stderr.isatty(),
         force=force,
         resume=resume,
+        noise_sigma=noise_sigma,
     )
-    robust = result.robust_accuracy
+    robust, noisy = result.robust_accuracy, result.noisy_test_accuracy
     typer.echo(
         f"model {result.model_path} (sidecar {result.sidecar_path}): "
         + (f"defense {result.defense}, " if result.defense else "")
         + f"test accuracy {result.test_accuracy:.2%}"
         + (f", PGD robust accuracy {robust:.2%} at eps {eps}" if robust is not None else "")
+        + (f", under its training noise {noisy:.2%}" if noisy is not None else "")
         + f", {result.seconds:.0f} s"
         + (" (reused)" if result.reused else "")
         + (

@@ -29,12 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from aegis.engine import batch_seed
 from aegis.errors import ConfigError, DataError
-from aegis.model import Classifier, ModelInfo
+from aegis.model import Classifier
 from aegis.records import ABSTAIN, Certificates
 
 log = logging.getLogger(__name__)
@@ -211,9 +210,6 @@ def certify(
 
 
 # -- Gaussian-noise training of the base classifier -------------------------------------------
-# A minimal loop beside aegis.zoo.train (which is being refactored elsewhere): same optimizer
-# (Adam, one-cycle schedule), shuffling and shift augmentation; to be merged into the trainer as
-# a ``noise_sigma`` option later.
 
 
 @dataclass(frozen=True)
@@ -238,116 +234,29 @@ def train_smoothed_base(
     augment_shift: int | None = None,
     progress: bool = False,
 ) -> NoiseTraining:
-    """Train the zoo CNN of a built-in dataset on Gaussian-noise-augmented inputs (every batch
-    gets N(0, σ²) noise, not clipped, as in Cohen et al.) and save it with a sidecar as
-    ``<dataset>_cnn_noise<σ>.safetensors``, loadable by ``aegis certify``.
-    Deterministic for a seed on one machine and thread count."""
-    from aegis.io.data import BUILTINS, load_dataset
-    from aegis.io.sidecar import write_sidecar
-    from aegis.progress import progress_bar
-    from aegis.zoo.architectures import ARCHITECTURES, DATASET_ARCH
-    from aegis.zoo.train import FACTORY_PREFIX, RECIPES, random_shift
+    """Train (or reuse) the zoo CNN of a built-in dataset on Gaussian-noise-augmented inputs
+    (every batch gets N(0, σ²) noise, not clipped, as in Cohen et al.) with the reference
+    trainer (``train_reference(noise_sigma=σ)``, the same as ``aegis train --noise-sigma σ``)
+    and save it with a sidecar as ``<dataset>_cnn_noise<σ>.safetensors``, loadable by
+    ``aegis certify``. Deterministic for a seed on one machine and thread count."""
+    from aegis.zoo.train import train_reference
 
-    if dataset not in DATASET_ARCH or dataset not in RECIPES:
-        raise ConfigError(f"no reference model for {dataset!r}; use one of {list(DATASET_ARCH)}")
-    if not sigma > 0:
-        raise ConfigError(f"sigma must be > 0, got {sigma}")
-    recipe = RECIPES[dataset]
-    n_epochs = recipe.epochs if epochs is None else epochs
-    rate = recipe.lr if lr is None else lr
-    shift = recipe.shift if augment_shift is None else augment_shift
-    if n_epochs < 1 or batch_size < 1 or not rate > 0 or shift < 0:
-        raise ConfigError(
-            f"need epochs >= 1, batch_size >= 1, lr > 0, augment_shift >= 0; got {n_epochs}, "
-            f"{batch_size}, {rate}, {shift}"
-        )
-    arch = DATASET_ARCH[dataset]
-    b = BUILTINS[dataset]
-    info = ModelInfo(num_classes=b.num_classes, input_shape=b.shape)
-    train = load_dataset(dataset, split="train")
-    x, y = train.tensors()
-    if y is None:
-        raise ConfigError(f"dataset {dataset} has no labels")
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module: nn.Module = ARCHITECTURES[arch]()
-        gen = torch.Generator().manual_seed(seed)
-        n = len(train)
-        batches = (n + batch_size - 1) // batch_size
-        opt = torch.optim.Adam(module.parameters(), lr=rate)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=rate, total_steps=n_epochs * batches
-        )
-        module.train()
-        with progress_bar(enabled=progress, transient=False) as bar:
-            task = bar.add_task(f"train {arch} σ={sigma:g}", total=n_epochs * batches)
-            for epoch in range(n_epochs):
-                perm = torch.randperm(n, generator=gen)
-                total = 0.0
-                for k in range(batches):
-                    idx = perm[k * batch_size : (k + 1) * batch_size]
-                    xb = x[idx]
-                    if shift:
-                        xb = random_shift(xb, shift, gen)
-                    xb = xb + sigma * torch.randn(xb.shape, generator=gen)
-                    loss = F.cross_entropy(module(xb), y[idx])
-                    opt.zero_grad(set_to_none=True)
-                    torch.autograd.backward(loss)
-                    opt.step()
-                    sched.step()
-                    total += float(loss.detach()) * len(idx)
-                    bar.update(task, advance=1)
-                log.info("epoch %d/%d: noisy loss %.4f", epoch + 1, n_epochs, total / n)
-        module.eval()
-        clf = Classifier(module, info, name=arch)
-        test = load_dataset(dataset, split="test")
-        xt, yt = test.tensors()
-        if yt is None:
-            raise ConfigError(f"dataset {dataset} has no test labels")
-        acc = float((clf.predict(xt) == yt).float().mean())
-        noisy = xt + sigma * torch.randn(xt.shape, generator=gen)
-        noisy_acc = float((clf.predict(noisy) == yt).float().mean())
-    seconds = time.perf_counter() - start
-
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{dataset}_cnn_noise{sigma:g}.safetensors"
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata={"factory": FACTORY_PREFIX + arch})
-    training: dict[str, Any] = {
-        "dataset": dataset,
-        "split": "train",
-        "arch": arch,
-        "noise_sigma": sigma,
-        "epochs": n_epochs,
-        "seed": seed,
-        "batch_size": batch_size,
-        "optimizer": "adam",
-        "schedule": "onecycle",
-        "lr": rate,
-        "augment_shift": shift,
-    }
-    write_sidecar(
-        path,
-        info,
-        factory=FACTORY_PREFIX + arch,
-        factory_kwargs={},
-        dataset=dataset,
-        evaluated_on="test",
+    result = train_reference(
+        dataset,
+        out_dir=Path(out_dir),
+        noise_sigma=sigma,
+        epochs=epochs,
         seed=seed,
-        epochs=n_epochs,
-        test_accuracy=acc,
-        noisy_test_accuracy=noisy_acc,
-        training=training,
-        seconds=round(seconds, 3),
-        torch_version=torch.__version__,
-        num_threads=torch.get_num_threads(),
+        batch_size=batch_size,
+        lr=lr,
+        augment_shift=augment_shift,
+        progress=progress,
     )
-    log.info("trained %s in %.1f s: accuracy %.4f, under noise %.4f", path, seconds, acc, noisy_acc)
-    return NoiseTraining(path, acc, noisy_acc, seconds)
+    if result.noisy_test_accuracy is None:  # a reused model from before the field existed
+        raise ConfigError(f"{result.model_path} has no noisy accuracy; retrain it with force")
+    return NoiseTraining(
+        result.model_path, result.test_accuracy, result.noisy_test_accuracy, result.seconds
+    )
 
 
 # -- the Python call behind ``aegis certify`` --------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import time
@@ -128,6 +129,7 @@ class TrainResult:
     reused: bool = False
     defense: str | None = None
     resumed_from_epoch: int = 0  # finished epochs read back from a checkpoint (0: fresh run)
+    noisy_test_accuracy: float | None = None  # under the training noise (noise_sigma models)
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -136,10 +138,13 @@ class TrainResult:
         return out
 
 
-def model_filename(dataset: str, adversarial: str | None) -> str:
+def model_filename(dataset: str, adversarial: str | None, noise_sigma: float | None = None) -> str:
     """``<dataset>_cnn[_<suffix>].safetensors``; the suffix of a defense is its name, except
-    ``pgd-at`` (and the older ``adversarial="pgd"``), whose suffix is ``pgd``."""
+    ``pgd-at`` (and the older ``adversarial="pgd"``), whose suffix is ``pgd``; a base model of
+    randomized smoothing trained on Gaussian noise is ``<dataset>_cnn_noise<σ>``."""
     suffix = get_training_spec(adversarial).suffix if adversarial else None
+    if noise_sigma is not None:
+        suffix = f"noise{noise_sigma:g}"
     return f"{dataset}_cnn{'_' + suffix if suffix else ''}.safetensors"
 
 
@@ -187,6 +192,7 @@ def train_reference(
     attack_early_stop: bool = False,
     eval_steps: int = 40,
     optimizer: str | None = None,
+    noise_sigma: float | None = None,
 ) -> TrainResult:
     """Train (or reuse) the reference model of a built-in dataset and save it with a sidecar.
 
@@ -221,6 +227,10 @@ def train_reference(
             robust accuracy on the test split, when a defense is set.
         optimizer: ``adam``, or ``sgd`` (momentum 0.9, weight decay 5e-4); default per
             dataset and defense (``Recipe.defense_optimizer``: SGD for fast-at on MNIST).
+        noise_sigma: train on Gaussian-noise-augmented inputs, N(0, σ²) added to every batch
+            and not clipped (Cohen et al. 2019): the base classifier of randomized smoothing
+            (``aegis certify``). Standard training only; the sidecar adds the test accuracy
+            under that noise.
     """
     recipe = RECIPES.get(dataset)
     if recipe is None or dataset not in DATASET_ARCH:
@@ -250,6 +260,13 @@ def train_reference(
         "lr": lr if lr is not None else recipe.lr_for(name),
         "augment_shift": augment_shift if augment_shift is not None else default_shift,
     }
+    if noise_sigma is not None:  # only when set: the hyper-parameters of older models stand
+        if name is not None:
+            raise ConfigError(
+                "noise_sigma trains the base model of randomized smoothing; it does not "
+                f"combine with a defense ({name}): drop one of them"
+            )
+        params["noise_sigma"] = noise_sigma
     if strategy is not None:
         _check_crafting(strategy, attack_steps, attack_step_size, attack_early_stop)
         params.update(
@@ -269,7 +286,7 @@ def train_reference(
     _validate(params)
 
     out_dir = Path(out_dir)
-    model_path = out_dir / model_filename(dataset, name)
+    model_path = out_dir / model_filename(dataset, name, noise_sigma)
     side_path = model_path.with_suffix(".json")
     if not force:
         reused = _reuse(model_path, side_path, params)
@@ -300,6 +317,7 @@ def train_reference(
         test_accuracy=fit.test_accuracy,
         robust_accuracy=fit.robust_accuracy,
         robust_eval=fit.robust_eval,
+        noisy_test_accuracy=fit.noisy_accuracy,
         defense=None
         if spec is None or strategy is None
         else {
@@ -337,6 +355,7 @@ def train_reference(
         n_epochs,
         defense=name,
         resumed_from_epoch=fit.resumed_from_epoch,
+        noisy_test_accuracy=fit.noisy_accuracy,
     )
 
 
@@ -371,6 +390,9 @@ def _validate(params: dict[str, Any]) -> None:
         raise ConfigError(f"lr must be > 0, got {params['lr']}")
     if params["augment_shift"] < 0:
         raise ConfigError(f"augment_shift must be >= 0, got {params['augment_shift']}")
+    sigma = params.get("noise_sigma")
+    if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
+        raise ConfigError(f"noise_sigma must be > 0, got {sigma}")
     if not params["adversarial"]:
         return
     if not 0 < params["eps"] <= 1:
@@ -413,6 +435,7 @@ class _Fit:
     resumed_from_epoch: int
     seconds_before: float  # time spent in earlier, interrupted runs of the training loop
     train_seconds: float  # the training loop only, all runs together (no evaluation)
+    noisy_accuracy: float | None = None  # test accuracy under the training noise
 
 
 def _params_hash(params: dict[str, Any]) -> str:
@@ -438,7 +461,15 @@ def _fit(
         module, info, x, y, params, strategy, ckpt_path, resume=resume, progress=progress
     )
     test_acc, robust_acc, robust_eval = _evaluate(clf, params)
-    return _Fit(test_acc, robust_acc, robust_eval, resumed, seconds_before, train_seconds)
+    noisy = None
+    if params.get("noise_sigma") is not None:
+        xt, yt = load_dataset(params["dataset"], split="test").tensors()
+        if yt is None:
+            raise ConfigError(f"dataset {params['dataset']} has no test labels")
+        gen = torch.Generator().manual_seed(params["seed"] + 2)
+        noise = params["noise_sigma"] * torch.randn(xt.shape, generator=gen)
+        noisy = float((clf.predict(xt + noise) == yt).float().mean())
+    return _Fit(test_acc, robust_acc, robust_eval, resumed, seconds_before, train_seconds, noisy)
 
 
 def _train_loop(
@@ -503,6 +534,8 @@ def _train_loop(
                 xb, yb = x[idx], y[idx]
                 if params["augment_shift"]:
                     xb = random_shift(xb, params["augment_shift"], shuffle)
+                if params.get("noise_sigma"):  # Gaussian augmentation, not clipped (Cohen et al.)
+                    xb = xb + params["noise_sigma"] * torch.randn(xb.shape, generator=shuffle)
                 if strategy is None:
                     module.train()
                     logits = module(xb)
