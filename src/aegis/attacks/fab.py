@@ -18,7 +18,8 @@ box width for linf / l2 / l1 when unbounded, as in the reference implementation)
 ``value_and_grad`` call on the batch repeated K − 1 times). ``fab-t`` is AutoAttack's FAB-T: for
 each of the ``target_classes`` most likely other classes of the clean input in turn, FAB with the
 single boundary z_t − z_y (one gradient row per point per step) on the points not yet fooled;
-any misclassification counts. With ``targets`` given, both are targeted FAB: the boundary is
+any misclassification counts (targets side by side where the batch is small, as in APGD-T).
+With ``targets`` given, both are targeted FAB: the boundary is
 z_t − z_c with c the strongest non-target class, and only the target counts.
 
 Returns, per point, the smallest adversarial input evaluated (the original x when none); with
@@ -37,7 +38,13 @@ import torch
 from torch import Tensor
 
 from aegis.attacks._params import check_iterative
-from aegis.attacks.base import Attack, is_adversarial, runner_up_targets
+from aegis.attacks.base import (
+    Attack,
+    is_adversarial,
+    runner_up_targets,
+    stack_targets,
+    targets_per_call,
+)
 from aegis.errors import ConfigError
 from aegis.model import Classifier
 from aegis.registry import register
@@ -189,10 +196,11 @@ class FAB(Attack):
         best_norm: Tensor,
         *,
         any_error: bool,
+        rows: Tensor | None = None,
     ) -> None:
         """Run the restarts, updating ``best`` / ``best_norm`` in place. With a finite ε only
         the points not yet fooled within ε are attacked; unbounded, every point is, and the
-        smallest adversarial wins."""
+        smallest adversarial wins. ``rows``: each row's sample in the engine's batch."""
         lo, hi = model.bounds
         scale = threat.eps if math.isfinite(threat.eps) else START_RADIUS[threat.norm] * (hi - lo)
         for restart in range(self.restarts):
@@ -210,7 +218,8 @@ class FAB(Attack):
                 radius = 0.5 * best_norm[idx].clamp_max(scale)
                 start = _sphere_start(x0, radius, threat.norm, model.bounds, generator)
             t = None if targets is None else targets[idx]
-            adv, size = self._one_run(model, x0, y[idx], t, idx, threat, start, any_error)
+            at = idx if rows is None else rows[idx]
+            adv, size = self._one_run(model, x0, y[idx], t, at, threat, start, any_error)
             better = size < best_norm[idx]
             best[idx] = torch.where(better.view(-1, *([1] * (x.ndim - 1))), adv, best[idx])
             best_norm[idx] = torch.minimum(size, best_norm[idx])
@@ -384,6 +393,30 @@ class FABT(FAB):
                 model, x, y, targets, threat, generator, best, best_norm, any_error=False
             )
             return best
-        for t in runner_up_targets(model, x, y, self.target_classes):
-            self._restarts(model, x, y, t, threat, generator, best, best_norm, any_error=True)
+        ranked = runner_up_targets(model, x, y, self.target_classes)
+        i = 0
+        while i < len(ranked):
+            idx = (
+                torch.arange(x.shape[0], device=x.device)
+                if math.isinf(threat.eps)
+                else (best_norm > threat.eps).nonzero().squeeze(1)
+            )
+            if idx.numel() == 0:
+                break
+            group = ranked[i : i + targets_per_call(idx.numel(), x, len(ranked) - i)]
+            i += len(group)
+            if len(group) == 1:
+                self._restarts(
+                    model, x, y, group[0], threat, generator, best, best_norm, any_error=True
+                )
+                continue
+            xs, ys, ts, rows = stack_targets(x, y, idx, group)
+            m = len(group)
+            b, bn = best[idx].repeat(m, *([1] * (x.ndim - 1))), best_norm[idx].repeat(m)
+            self._restarts(model, xs, ys, ts, threat, generator, b, bn, any_error=True, rows=rows)
+            size, pick = bn.view(m, -1).min(0)  # per point, the smallest over the group
+            better = size < best_norm[idx]
+            chosen = b.view(m, idx.numel(), *x.shape[1:])[pick, torch.arange(idx.numel())]
+            best[idx] = torch.where(better.view(-1, *([1] * (x.ndim - 1))), chosen, best[idx])
+            best_norm[idx] = torch.minimum(size, best_norm[idx])
         return best
