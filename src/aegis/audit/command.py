@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from aegis.errors import ConfigError
+
 EXAMPLE = """\
 # aegis audit config: `aegis audit audit.yaml` runs every evaluation below for every model
 # into one run directory and exits 0 (all thresholds passed), 3 (a threshold failed: the CI
@@ -125,6 +127,17 @@ def audit(
             "--out", "-o", help="Run directory (default: config `out`, else runs/<time>-audit)."
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted audit in its run directory (--out or the config's "
+            "`out`): evaluations whose results are complete there, for the same settings, "
+            "model, data and seed, are read back, not run again; an interrupted attack "
+            "evaluation resumes from its finished batches. Same results.json as an "
+            "uninterrupted audit, timings aside.",
+        ),
+    ] = False,
     example: Annotated[
         bool, typer.Option("--example", help="Write a commented example config to CONFIG and exit.")
     ] = False,
@@ -143,6 +156,11 @@ def audit(
     threshold whose figure is missing fails. An evaluation that fails to run is recorded
     and the audit goes on.
 
+    --resume continues an interrupted audit (killed, or stopped by an error that is not an
+    evaluation's): what finished is read back from OUT (OUT/resume.json keeps a key of every
+    complete evaluation), an attack evaluation cut short resumes from its batches, and the
+    rest runs; evaluations that failed to run are run again.
+
     Exit codes: 0 every evaluation ran and every threshold passed; 3 a threshold failed
     (the CI gate); 1 an evaluation failed to run, or the config is invalid (one line
     naming the key); 2 usage error.
@@ -152,6 +170,8 @@ def audit(
         aegis audit --example audit.yaml   # then edit its `models:` path
 
         aegis audit audit.yaml --out runs/audit
+
+        aegis audit audit.yaml --out runs/audit --resume   # after an interruption
     """
     from aegis.audit.config import load_config
     from aegis.audit.run import run_audit
@@ -166,9 +186,19 @@ def audit(
             typer.echo(f"wrote {config}; edit its `models:` path, then: aegis audit {config}")
         return
     cfg = load_config(config)
+    if resume and out is None and cfg.out is None:
+        raise ConfigError(
+            "--resume needs the run directory of the interrupted audit: pass --out OUT or set "
+            "`out:` in the config"
+        )
     out_dir = out or (Path(cfg.out) if cfg.out else rundir.default_run_dir(Path("runs"), "audit"))
-    results = run_audit(cfg, out_dir)
+    results = run_audit(cfg, out_dir, resume=resume)
     _print_table(results)
+    if results["reused"]:
+        typer.echo(
+            f"resumed: {len(results['reused'])} finished evaluation(s) read back "
+            f"({', '.join(results['reused'])})"
+        )
     if results["errors"]:
         typer.echo(f"error: {results['errors']} evaluation(s) failed to run", err=True)
         raise typer.Exit(EXIT_ERROR)
