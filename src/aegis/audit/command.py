@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from aegis.errors import ConfigError
+from aegis.report.track_options import MlflowExperiment, MlflowUri, track, wanted
 
 EXAMPLE = """\
 # aegis audit config: `aegis audit audit.yaml` runs every evaluation below for every model
@@ -23,6 +24,7 @@ data: digits          # a built-in dataset, .npy/.npz file or image folder
 limit: 40             # evaluate the first 40 inputs (remove for all)
 seed: 0
 # out: runs/audit     # the run directory (default: runs/<time>-audit; --out overrides)
+# mlflow: {uri: sqlite:///mlflow.db, experiment: aegis}   # log the finished audit to MLflow
 
 evaluations:
   # white-box robustness; eps may be one budget or a sweep (the largest is the headline)
@@ -138,6 +140,18 @@ def audit(
             "uninterrupted audit, timings aside.",
         ),
     ] = False,
+    mlflow: Annotated[
+        bool | None,
+        typer.Option(
+            "--mlflow/--no-mlflow",
+            help="Log the finished audit to MLflow (one run, a child run per evaluation): "
+            "params, figures as metrics, tags, results.json, report.html and pictures as "
+            "artifacts; the run id goes to OUT/mlflow.json. Default: when the config has an "
+            "`mlflow:` block. Needs aegis[mlflow].",
+        ),
+    ] = None,
+    mlflow_uri: MlflowUri = None,
+    mlflow_experiment: MlflowExperiment = None,
     example: Annotated[
         bool, typer.Option("--example", help="Write a commented example config to CONFIG and exit.")
     ] = False,
@@ -160,6 +174,10 @@ def audit(
     evaluation's): what finished is read back from OUT (OUT/resume.json keeps a key of every
     complete evaluation), an attack evaluation cut short resumes from its batches, and the
     rest runs; evaluations that failed to run are run again.
+
+    With --mlflow, or an `mlflow: {uri: ..., experiment: ...}` block in the config, the
+    finished audit is logged to MLflow (default store: MLFLOW_TRACKING_URI, else
+    sqlite:///mlflow.db here).
 
     Exit codes: 0 every evaluation ran and every threshold passed; 3 a threshold failed
     (the CI gate); 1 an evaluation failed to run, or the config is invalid (one line
@@ -191,6 +209,8 @@ def audit(
             "--resume needs the run directory of the interrupted audit: pass --out OUT or set "
             "`out:` in the config"
         )
+    if mlflow is False and (mlflow_uri is not None or mlflow_experiment is not None):
+        raise ConfigError("--no-mlflow contradicts --mlflow-uri/--mlflow-experiment; drop one")
     out_dir = out or (Path(cfg.out) if cfg.out else rundir.default_run_dir(Path("runs"), "audit"))
     results = run_audit(cfg, out_dir, resume=resume)
     _print_table(results)
@@ -198,6 +218,13 @@ def audit(
         typer.echo(
             f"resumed: {len(results['reused'])} finished evaluation(s) read back "
             f"({', '.join(results['reused'])})"
+        )
+    block = cfg.mlflow
+    if mlflow is not False and (wanted(mlflow, mlflow_uri, mlflow_experiment) or block):
+        track(
+            results["out_dir"],
+            mlflow_uri or (block.uri if block else None),
+            mlflow_experiment or (block.experiment if block else None),
         )
     if results["errors"]:
         typer.echo(f"error: {results['errors']} evaluation(s) failed to run", err=True)
