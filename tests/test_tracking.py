@@ -173,9 +173,10 @@ def test_default_store_is_sqlite_here(
     assert resolve_uri(None) == "sqlite:///mlflow.db"
     code, text, err = cli("report", str(out), "--mlflow", "--mlflow-experiment", "here")
     assert code == EXIT_OK, err
-    assert "at sqlite:///mlflow.db" in text
+    here = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"  # recorded as an absolute path
+    assert f"at {here} " in text
     run_id = _runs(out)[-1]["run_id"]
-    assert _runs(out)[-1]["tracking_uri"] == "sqlite:///mlflow.db"
+    assert _runs(out)[-1]["tracking_uri"] == here
     assert (tmp_path / "mlruns" / run_id / "artifacts" / "results.json").is_file()
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
     assert run.data.metrics == metrics_of(_results(out))

@@ -45,12 +45,12 @@ def wanted(enabled: bool | None, uri: str | None, experiment: str | None) -> boo
 
 def track(out_dir: str | Path, uri: str | None, experiment: str | None) -> str:
     """Log the finished run directory ``out_dir`` and say where it went; return the run id."""
-    from aegis.report.tracking import DEFAULT_EXPERIMENT, log_run, resolve_uri, shown_uri
+    from aegis.report.tracking import DEFAULT_EXPERIMENT, RECORD, log_run, shown_uri, store_uri
 
     name = experiment or DEFAULT_EXPERIMENT
     run_id = log_run(out_dir, uri=uri, experiment=name)
     typer.echo(
-        f"mlflow: run {run_id} in experiment {name!r} at {shown_uri(resolve_uri(uri))} "
-        f"(id in {Path(out_dir) / 'mlflow.json'})"
+        f"mlflow: run {run_id} in experiment {name!r} at {shown_uri(store_uri(uri))} "
+        f"(id in {Path(out_dir) / RECORD})"
     )
     return run_id

@@ -293,6 +293,18 @@ def resolve_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+def store_uri(uri: str | None) -> str:
+    """The store :func:`log_run` writes to: :func:`resolve_uri`, a local SQLite database by
+    its absolute path (so ``mlflow.json`` finds it from any folder)."""
+    target = resolve_uri(uri)
+    if not target.startswith("sqlite:///"):
+        return target
+    path = unquote(target[len("sqlite:///") :])
+    if not path or path == ":memory:" or path.startswith("/"):
+        return target
+    return f"sqlite:///{Path(path).resolve()}"
+
+
 def shown_uri(uri: str) -> str:
     """The URI without a user name or password, for messages and ``mlflow.json``."""
     parts = urlsplit(uri)
@@ -428,7 +440,7 @@ def log_run(
     path = Path(run_dir)
     folder = path.parent if path.is_file() else path
     results = rundir.read_results(path)
-    target = resolve_uri(uri)
+    target = store_uri(uri)
     client_class = _client_class()
     client: Any = None
     started: list[tuple[str, dict[str, Any]]] = []  # runs begun and not yet ended
