@@ -132,3 +132,14 @@ def digits_model() -> tuple[Classifier, torch.Tensor, torch.Tensor]:
     model = Classifier(net.eval(), ModelInfo(num_classes=10, input_shape=(1, 8, 8)))
     keep = model.predict(x[:300]) == y[:300]
     return model, x[:300][keep], y[:300][keep]
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory: pytest.TempPathFactory, tiny_net: nn.Module, data):  # type: ignore[no-untyped-def]
+    """The tiny model as TorchScript and the test data as float NCHW .npy files."""
+    d = tmp_path_factory.mktemp("tiny-files")
+    x, y = data
+    torch.jit.save(torch.jit.trace(tiny_net, x[:2]), str(d / "tiny.pt"))
+    np.save(d / "x.npy", x.numpy())
+    np.save(d / "y.npy", y.numpy())
+    return {"model": d / "tiny.pt", "x": d / "x.npy", "y": d / "y.npy"}

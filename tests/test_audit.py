@@ -88,6 +88,10 @@ BASE: dict[str, Any] = {"models": ["m.pt"], "data": "digits"}
             "models: required key is missing",
         ),
         ({**BASE, "evaluations": []}, "evaluations: must not be empty"),
+        (
+            {**BASE, "mlflow": {"urii": "sqlite:///m.db"}, "evaluations": [{"type": "attack"}]},
+            "mlflow.urii: unknown key",
+        ),
     ],
 )
 def test_invalid_config_is_one_line_naming_the_key(
@@ -97,6 +101,16 @@ def test_invalid_config_is_one_line_naming_the_key(
         load_config(_write(tmp_path, cfg))
     text = str(exc.value)
     assert "\n" not in text and text.startswith(f"audit.yaml: {message}"), text
+
+
+def test_mlflow_block() -> None:
+    cfg = {**BASE, "evaluations": [{"type": "attack"}]}
+    assert parse_config(cfg).mlflow is None
+    assert parse_config({**cfg, "mlflow": False}).mlflow is None
+    on = parse_config({**cfg, "mlflow": True}).mlflow
+    assert on is not None and on.uri is None and on.experiment == "aegis"
+    block = parse_config({**cfg, "mlflow": {"uri": "sqlite:///m.db", "experiment": "x"}}).mlflow
+    assert block is not None and (block.uri, block.experiment) == ("sqlite:///m.db", "x")
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path, cli: Cli) -> None:

@@ -11,6 +11,7 @@ Exit codes:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from aegis.errors import AegisError, ConfigError
+from aegis.report.track_options import Mlflow, MlflowExperiment, MlflowUri, track, wanted
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
 
@@ -28,7 +30,8 @@ app = typer.Typer(
         "Point `aegis attack` at a model file (PyTorch, Keras, ONNX) and an attack dataset "
         "(.npy, .npz, an image folder, or a built-in one) to get metrics, pictures and a "
         "verdict; `aegis audit` runs a whole declared suite, `aegis report` rebuilds a run's "
-        "HTML report and `aegis compare` shows what got better or worse between two runs. "
+        "HTML report and `aegis compare` shows what got better or worse between two runs; "
+        "`--mlflow` on any command that writes a run directory logs it to MLflow. "
         "Exit codes: 0 done, 1 error, 2 usage error, 3 gate tripped (`attack --gate`: the "
         "attack reached --success-threshold; `audit`: a threshold failed; `compare "
         "--fail-on-worse`: a figure got worse)."
@@ -49,6 +52,8 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what aegis does.")] = False,
 ) -> None:
     _state["debug"] = debug
+    # MLflow configures its own loggers when imported (--mlflow): INFO only with --verbose
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -230,6 +235,9 @@ def attack(
             "run with the same seed.",
         ),
     ] = False,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
+    mlflow_experiment: MlflowExperiment = None,
     batch_size: Annotated[int, typer.Option(help="Inputs per batch.")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed → same result).")] = 0,
     limit: Annotated[int | None, typer.Option(help="Use only the first N inputs.")] = None,
@@ -391,6 +399,8 @@ def attack(
         if bar is not None:
             bar.stop()
     _print_summary(run)
+    if wanted(mlflow, mlflow_uri, mlflow_experiment):
+        track(out_dir, mlflow_uri, mlflow_experiment)
     if gate and run.reached_threshold:
         raise typer.Exit(EXIT_GATE)
 
@@ -733,6 +743,9 @@ def defend(
     certify_radii: Annotated[
         str, typer.Option(help="L2 radii of the certified-accuracy column, comma-separated.")
     ] = "0.5,1",
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
+    mlflow_experiment: MlflowExperiment = None,
 ) -> None:
     """Compare BASE with its defended versions in one table: clean accuracy, clean macro
     precision/recall/F1, accuracy under the same attack on the same points (preprocessing
@@ -809,6 +822,8 @@ def defend(
         "BPDA/EOT, MISLEADING. certified: certified L2 accuracy at each radius. "
         + _run_files(table["out_dir"])
     )
+    if wanted(mlflow, mlflow_uri, mlflow_experiment):
+        track(table["out_dir"], mlflow_uri, mlflow_experiment)
 
 
 @app.command(no_args_is_help=True)
@@ -832,6 +847,9 @@ def certify(
         str | None, typer.Option(help="package.module:function building the network.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
+    mlflow_experiment: MlflowExperiment = None,
 ) -> None:
     """Certify MODEL on DATA with randomized smoothing (Cohen et al. 2019): certified accuracy
     at each L2 radius and the abstain rate, written to results.json.
@@ -875,6 +893,8 @@ def certify(
         f"{results['config']['max_certifiable_radius']:.3g} (σ·Φ⁻¹(α^(1/n)))"
     )
     typer.echo(_run_files(results["out_dir"]))
+    if wanted(mlflow, mlflow_uri, mlflow_experiment):
+        track(results["out_dir"], mlflow_uri, mlflow_experiment)
 
 
 @app.command(no_args_is_help=True)
@@ -936,6 +956,9 @@ def detect(
         str | None, typer.Option(help="package.module:function building the network.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
+    mlflow_experiment: MlflowExperiment = None,
 ) -> None:
     """Fit a detector of adversarial inputs and measure it: ROC-AUC, detection rate at the
     FPR, and the accuracy of classifier + detector under the attack and an adaptive attack.
@@ -1003,6 +1026,8 @@ def detect(
         "attack can only lower it"
     )
     typer.echo(_run_files(results["out_dir"]))
+    if wanted(mlflow, mlflow_uri, mlflow_experiment):
+        track(results["out_dir"], mlflow_uri, mlflow_experiment)
 
 
 # -- aegis poison (implementation in aegis.poisoning.command) --------------------------------

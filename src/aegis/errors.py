@@ -27,5 +27,9 @@ class CapabilityError(AegisError):
     """The attack needs something the model lacks (e.g. gradients of a query-only model)."""
 
 
+class TrackingError(AegisError):
+    """Logging a run to an experiment tracker (MLflow) failed, or the tracker is not installed."""
+
+
 class AegisWarning(UserWarning):
     """A suspicion (gradient masking, randomness, model in training mode, ...) worth recording."""

@@ -7,6 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from aegis.errors import ConfigError
+from aegis.report.track_options import MlflowExperiment, MlflowUri, track, wanted
+
 EXAMPLE = """\
 # aegis audit config: `aegis audit audit.yaml` runs every evaluation below for every model
 # into one run directory and exits 0 (all thresholds passed), 3 (a threshold failed: the CI
@@ -21,6 +24,7 @@ data: digits          # a built-in dataset, .npy/.npz file or image folder
 limit: 40             # evaluate the first 40 inputs (remove for all)
 seed: 0
 # out: runs/audit     # the run directory (default: runs/<time>-audit; --out overrides)
+# mlflow: {uri: sqlite:///mlflow.db, experiment: aegis}   # log the finished audit to MLflow
 
 evaluations:
   # white-box robustness; eps may be one budget or a sweep (the largest is the headline)
@@ -125,6 +129,29 @@ def audit(
             "--out", "-o", help="Run directory (default: config `out`, else runs/<time>-audit)."
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted audit in its run directory (--out or the config's "
+            "`out`): evaluations whose results are complete there, for the same settings, "
+            "model, data and seed, are read back, not run again; an interrupted attack "
+            "evaluation resumes from its finished batches. Same results.json as an "
+            "uninterrupted audit, timings aside.",
+        ),
+    ] = False,
+    mlflow: Annotated[
+        bool | None,
+        typer.Option(
+            "--mlflow/--no-mlflow",
+            help="Log the finished audit to MLflow (one run, a child run per evaluation): "
+            "params, figures as metrics, tags, results.json, report.html and pictures as "
+            "artifacts; the run id goes to OUT/mlflow.json. Default: when the config has an "
+            "`mlflow:` block. Needs aegis[mlflow].",
+        ),
+    ] = None,
+    mlflow_uri: MlflowUri = None,
+    mlflow_experiment: MlflowExperiment = None,
     example: Annotated[
         bool, typer.Option("--example", help="Write a commented example config to CONFIG and exit.")
     ] = False,
@@ -143,6 +170,15 @@ def audit(
     threshold whose figure is missing fails. An evaluation that fails to run is recorded
     and the audit goes on.
 
+    --resume continues an interrupted audit (killed, or stopped by an error that is not an
+    evaluation's): what finished is read back from OUT (OUT/resume.json keeps a key of every
+    complete evaluation), an attack evaluation cut short resumes from its batches, and the
+    rest runs; evaluations that failed to run are run again.
+
+    With --mlflow, or an `mlflow: {uri: ..., experiment: ...}` block in the config, the
+    finished audit is logged to MLflow (default store: MLFLOW_TRACKING_URI, else
+    sqlite:///mlflow.db here).
+
     Exit codes: 0 every evaluation ran and every threshold passed; 3 a threshold failed
     (the CI gate); 1 an evaluation failed to run, or the config is invalid (one line
     naming the key); 2 usage error.
@@ -152,6 +188,8 @@ def audit(
         aegis audit --example audit.yaml   # then edit its `models:` path
 
         aegis audit audit.yaml --out runs/audit
+
+        aegis audit audit.yaml --out runs/audit --resume   # after an interruption
     """
     from aegis.audit.config import load_config
     from aegis.audit.run import run_audit
@@ -166,9 +204,28 @@ def audit(
             typer.echo(f"wrote {config}; edit its `models:` path, then: aegis audit {config}")
         return
     cfg = load_config(config)
+    if resume and out is None and cfg.out is None:
+        raise ConfigError(
+            "--resume needs the run directory of the interrupted audit: pass --out OUT or set "
+            "`out:` in the config"
+        )
+    if mlflow is False and (mlflow_uri is not None or mlflow_experiment is not None):
+        raise ConfigError("--no-mlflow contradicts --mlflow-uri/--mlflow-experiment; drop one")
     out_dir = out or (Path(cfg.out) if cfg.out else rundir.default_run_dir(Path("runs"), "audit"))
-    results = run_audit(cfg, out_dir)
+    results = run_audit(cfg, out_dir, resume=resume)
     _print_table(results)
+    if results["reused"]:
+        typer.echo(
+            f"resumed: {len(results['reused'])} finished evaluation(s) read back "
+            f"({', '.join(results['reused'])})"
+        )
+    block = cfg.mlflow
+    if mlflow is not False and (wanted(mlflow, mlflow_uri, mlflow_experiment) or block):
+        track(
+            results["out_dir"],
+            mlflow_uri or (block.uri if block else None),
+            mlflow_experiment or (block.experiment if block else None),
+        )
     if results["errors"]:
         typer.echo(f"error: {results['errors']} evaluation(s) failed to run", err=True)
         raise typer.Exit(EXIT_ERROR)

@@ -2,7 +2,8 @@
 
 One file names the model(s), the data and a list of evaluations, each tagged by ``type``
 (``attack``, ``defend``, ``detect``, ``certify``, ``poison``, ``extract``, ``membership``)
-with its options and an optional ``require`` block of pass/fail thresholds. Unknown keys are
+with its options and an optional ``require`` block of pass/fail thresholds; an optional
+``mlflow`` block logs the finished audit to an MLflow tracking store. Unknown keys are
 errors (``extra="forbid"``), so a misspelt threshold never passes silently.
 
     >>> cfg = load_config("audit.yaml")
@@ -194,6 +195,15 @@ Evaluation = Annotated[
 MODEL_FREE = frozenset({"poison", "membership"})
 
 
+class MlflowConfig(_Strict):
+    """``mlflow:``: log the finished audit to MLflow, one child run per evaluation (what
+    ``aegis audit --mlflow`` does; from Python, call :func:`aegis.report.tracking.log_run`).
+    ``mlflow: true`` takes the defaults."""
+
+    uri: Annotated[str, Field(min_length=1)] | None = None
+    experiment: Annotated[str, Field(min_length=1)] = "aegis"
+
+
 class AuditConfig(_Strict):
     """The whole audit. ``models`` are model files; ``data`` a file or built-in name."""
 
@@ -203,7 +213,16 @@ class AuditConfig(_Strict):
     limit: Annotated[int, Field(ge=1)] | None = None
     seed: int = 0
     out: str | None = None
+    mlflow: MlflowConfig | None = None
     evaluations: Annotated[list[Evaluation], Field(min_length=1)]
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _switch(cls, v: Any) -> Any:
+        """``mlflow: true`` is ``mlflow: {}`` (the defaults), ``mlflow: false`` no block."""
+        if v is True:
+            return {}
+        return None if v is False else v
 
 
 # -- loading ------------------------------------------------------------------------------

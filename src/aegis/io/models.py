@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from aegis.errors import AegisError, AegisWarning, ConfigError, ModelError
+from aegis.io.digest import file_sha256
 from aegis.io.keras_format import _KerasModule, _load_keras
 from aegis.io.loaded import (
     Dims,
@@ -147,6 +148,7 @@ def load_classifier(
         file, ext, sidecar, factory, factory_kwargs, allow_unsafe_pickle=allow_unsafe_pickle
     )
     provenance["format"] = loaded.fmt
+    provenance["sha256"] = file_sha256(file)  # exactly which file was evaluated
     module = loaded.module
     if module is not None:
         _settle_mode(module, loaded, name or file.stem, provenance)

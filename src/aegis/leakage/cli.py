@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from aegis.errors import ConfigError
+from aegis.report.track_options import Mlflow, MlflowExperiment, MlflowUri, track, wanted
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -81,6 +82,9 @@ def extract(
     factory: Annotated[
         str | None, typer.Option(help="package.module:function building the network.")
     ] = None,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
+    mlflow_experiment: MlflowExperiment = None,
 ) -> None:
     """Steal MODEL through its outputs: train a substitute from its answers to at most BUDGET
     queries on the attacker's data, for each output policy, and measure what was stolen.
@@ -156,6 +160,8 @@ def extract(
         f"victim's correct inputs it then misclassifies. results: "
         f"{Path(results['out_dir']) / 'results.json'}"
     )
+    if wanted(mlflow, mlflow_uri, mlflow_experiment):
+        track(results["out_dir"], mlflow_uri, mlflow_experiment)
 
 
 def membership(
@@ -184,6 +190,9 @@ def membership(
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed (same seed → same result).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory for results.json.")] = None,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
+    mlflow_experiment: MlflowExperiment = None,
 ) -> None:
     """Measure how much a model trained on DATA reveals about who was in its training set.
 
@@ -246,3 +255,5 @@ def membership(
         "when at most x% of non-members are flagged (with fewer than 1/x non-members, at 0 "
         f"false positives). results: {Path(results['out_dir']) / 'results.json'}"
     )
+    if wanted(mlflow, mlflow_uri, mlflow_experiment):
+        track(results["out_dir"], mlflow_uri, mlflow_experiment)

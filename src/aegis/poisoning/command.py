@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from aegis.report.track_options import Mlflow, MlflowExperiment, MlflowUri, track, wanted
+
 
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{v:.1%}"
@@ -102,6 +104,9 @@ def poison(
     ),
     seed: Annotated[int, typer.Option(help="Seed of the poisoning, training and detectors.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory for results.json.")] = None,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
+    mlflow_experiment: MlflowExperiment = None,
 ) -> None:
     """Poison a training set, train the victim on it, detect the poison and retrain.
 
@@ -189,3 +194,5 @@ def poison(
         row(f"cleaned by {name}", d["cleaned"], d["detection"])
     Console().print(table)
     typer.echo(f"results: {Path(results['out_dir']) / 'results.json'}")
+    if wanted(mlflow, mlflow_uri, mlflow_experiment):
+        track(results["out_dir"], mlflow_uri, mlflow_experiment)

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from aegis.report.track_options import MlflowExperiment, MlflowUri, track, wanted
+
 
 def report(
     run_dir: Annotated[
@@ -24,6 +26,18 @@ def report(
     open_page: Annotated[
         bool, typer.Option("--open", help="Open the page in the default web browser.")
     ] = False,
+    mlflow: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow",
+            help="Also log the finished run to MLflow, from its results.json alone (nothing is "
+            "recomputed): params, figures as metrics, tags, and results.json, report.html and "
+            "the pictures as artifacts; the run id goes to RUN_DIR/mlflow.json. An audit gets "
+            "a child run per evaluation. Needs aegis[mlflow].",
+        ),
+    ] = False,
+    mlflow_uri: MlflowUri = None,
+    mlflow_experiment: MlflowExperiment = None,
 ) -> None:
     """Write the HTML report of a run from its results.json alone (nothing is recomputed).
 
@@ -41,6 +55,10 @@ def report(
         aegis report runs/demo-targeted
 
         aegis report runs/demo-targeted/results.json --out /tmp/targeted.html --open
+
+    A run made without --mlflow can be logged to an MLflow tracking store afterwards:
+
+        aegis report runs/demo-targeted --mlflow --mlflow-uri sqlite:///mlflow.db
     """
     import webbrowser
 
@@ -48,5 +66,7 @@ def report(
 
     path = write_report(run_dir, out)
     typer.echo(f"report: {path}")
+    if wanted(mlflow, mlflow_uri, mlflow_experiment):
+        track(run_dir.parent if run_dir.is_file() else run_dir, mlflow_uri, mlflow_experiment)
     if open_page:
         webbrowser.open(path.resolve().as_uri())
