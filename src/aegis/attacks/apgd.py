@@ -42,7 +42,7 @@ from aegis.attacks.base import (
     is_adversarial,
     runner_up_targets,
     stack_targets,
-    targets_per_call,
+    target_groups,
 )
 from aegis.errors import ConfigError
 from aegis.model import Classifier, LossFn
@@ -429,13 +429,7 @@ class APGDT(APGD):
             self._restarts(model, x, y, targets, threat, generator, x_out, found, loss=loss)
             return x_out
         ranked = runner_up_targets(model, x, y, self.target_classes)
-        i = 0
-        while i < len(ranked):
-            idx = (~found).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            group = ranked[i : i + targets_per_call(idx.numel(), x, len(ranked) - i)]
-            i += len(group)
+        for group, idx in target_groups(ranked, x, lambda: (~found).nonzero().squeeze(1)):
             if len(group) == 1:
                 self._restarts(
                     model,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -112,6 +112,21 @@ def targets_per_call(points: int, x: Tensor, left: int) -> int:
     larger calls use a CPU better (small MNIST batches)."""
     per_row = max(1, points * x[0].numel())
     return max(1, min(left, TARGET_GROUP_ELEMENTS // per_row))
+
+
+def target_groups(
+    ranked: list[Tensor], x: Tensor, unfinished: Callable[[], Tensor]
+) -> Iterator[tuple[list[Tensor], Tensor]]:
+    """The ranked targets in groups to run side by side (``targets_per_call``), each with the
+    points ``unfinished()`` still left to attack when the group starts; stops once none is."""
+    i = 0
+    while i < len(ranked):
+        idx = unfinished()
+        if idx.numel() == 0:
+            return
+        group = ranked[i : i + targets_per_call(idx.numel(), x, len(ranked) - i)]
+        i += len(group)
+        yield group, idx
 
 
 def stack_targets(

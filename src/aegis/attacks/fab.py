@@ -43,7 +43,7 @@ from aegis.attacks.base import (
     is_adversarial,
     runner_up_targets,
     stack_targets,
-    targets_per_call,
+    target_groups,
 )
 from aegis.errors import ConfigError
 from aegis.model import Classifier
@@ -127,6 +127,13 @@ def project_hyperplane_box(
 # -- the attack -----------------------------------------------------------------------------
 
 
+def _unfinished(best_norm: Tensor, eps: float) -> Tensor:
+    """The points still to attack: all of them unbounded, else those not fooled within ε."""
+    if math.isinf(eps):
+        return torch.arange(best_norm.shape[0], device=best_norm.device)
+    return (best_norm > eps).nonzero().squeeze(1)
+
+
 def _sphere_start(
     x: Tensor,
     radius: Tensor,
@@ -204,11 +211,7 @@ class FAB(Attack):
         lo, hi = model.bounds
         scale = threat.eps if math.isfinite(threat.eps) else START_RADIUS[threat.norm] * (hi - lo)
         for restart in range(self.restarts):
-            idx = (
-                torch.arange(x.shape[0], device=x.device)
-                if math.isinf(threat.eps)
-                else (best_norm > threat.eps).nonzero().squeeze(1)
-            )
+            idx = _unfinished(best_norm, threat.eps)
             if idx.numel() == 0:
                 return
             x0 = x[idx]
@@ -394,17 +397,7 @@ class FABT(FAB):
             )
             return best
         ranked = runner_up_targets(model, x, y, self.target_classes)
-        i = 0
-        while i < len(ranked):
-            idx = (
-                torch.arange(x.shape[0], device=x.device)
-                if math.isinf(threat.eps)
-                else (best_norm > threat.eps).nonzero().squeeze(1)
-            )
-            if idx.numel() == 0:
-                break
-            group = ranked[i : i + targets_per_call(idx.numel(), x, len(ranked) - i)]
-            i += len(group)
+        for group, idx in target_groups(ranked, x, lambda: _unfinished(best_norm, threat.eps)):
             if len(group) == 1:
                 self._restarts(
                     model, x, y, group[0], threat, generator, best, best_norm, any_error=True
