@@ -72,6 +72,7 @@ def main() -> None:
         ("spectral fixed eps=rate (old)", SpectralSignatures(eps=args.rate)),
         ("spectral fixed eps=share", SpectralSignatures(eps=share)),
         ("spectral adaptive eps=share", SpectralSignatures(eps=share, mode="adaptive")),
+        ("spectral adaptive eps=0.5 (default)", SpectralSignatures(eps=0.5, mode="adaptive")),
     ]
     for label, det in dets:
         t = time.perf_counter()

@@ -284,6 +284,17 @@ def test_run_poisoning_reproducible() -> None:
     b = run_poisoning("digits", train_limit=400, test_limit=100, seed=3, **kw)  # type: ignore[arg-type]
     assert a["poisoning"] == b["poisoning"]
     assert a["kind"] == "poisoning" and a["poisoning"]["n_poisoned"] == 40
+    # adaptive spectral's default ε needs no knowledge of the attack; fixed mode's is labelled
+    assert a["config"]["spectral_eps_source"].startswith("a defender's prior")
+    c = run_poisoning(
+        "digits",
+        train_limit=400,
+        test_limit=100,
+        seed=3,
+        spectral_mode="fixed",
+        **kw,  # type: ignore[arg-type]
+    )
+    assert c["config"]["spectral_eps_source"].startswith("oracle")
 
 
 def test_cli_poison_writes_results(tmp_path: Path) -> None:

@@ -71,8 +71,10 @@ def poison(
     spectral_eps: Annotated[
         float | None,
         typer.Option(
-            help="spectral: upper bound ε on the poisoned share of a class (default: for a "
-            "targeted attack, n_poisoned / size of the target class, capped at 1; else --rate)."
+            help="spectral: upper bound ε on the poisoned share of a class (default: 0.5 in "
+            "adaptive mode, a bound that needs no knowledge of the attack; in fixed mode, for a "
+            "targeted attack n_poisoned / size of the target class, the attacker's figure and "
+            "a best case for the defense, else --rate)."
         ),
     ] = None,
     spectral_mode: Annotated[

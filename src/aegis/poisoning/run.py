@@ -44,6 +44,9 @@ __all__ = ["create_attack", "create_detector", "evaluate_model", "run_poisoning"
 DEFAULT_ARCH = {(1, 28, 28): "mnist_cnn", (1, 8, 8): "digits_cnn"}
 
 
+DEFENDER_EPS = 0.5  # spectral ε by default in adaptive mode: no attacker knowledge
+
+
 def create_attack(
     name: str,
     *,
@@ -146,7 +149,9 @@ def run_poisoning(
             ``attack_steps`` (label-consistent's PGD on the clean model).
         defenses: detectors (instances or names of ``DETECTORS``); empty for none.
         spectral_eps: ε of a spectral detector given by name, the paper's upper bound on the
-            poisoned share of a class. Default: for an attack with a target class, the share
+            poisoned share of a class. Default in ``adaptive`` mode: 0.5 (``DEFENDER_EPS``, a
+            bound a defender can assume without knowing the attack: a poison that is most of
+            its class is no outlier). Default in ``fixed`` mode: for a targeted attack, the share
             the poison would be of that class if it all landed there,
             ``min(1, n_poisoned / n_target)`` with ``n_target`` the class's size in the poisoned
             set (about half of class 0 for BadNets at 10% into one of ten classes; ε = rate
@@ -213,6 +218,9 @@ def run_poisoning(
     }
     detected: dict[str, Any] = {}
     eps_source = "given"
+    if spectral_eps is None and spectral_mode == "adaptive":
+        spectral_eps = DEFENDER_EPS
+        eps_source = "a defender's prior: at most half of any class is poison (no attacker figure)"
     if spectral_eps is None:
         spectral_eps = algo.rate
         eps_source = "the poison rate"
