@@ -21,6 +21,10 @@ data: digits          # a built-in dataset, .npy/.npz file or image folder
 limit: 40             # evaluate the first 40 inputs (remove for all)
 seed: 0
 # out: runs/audit     # the run directory (default: runs/<time>-audit; --out overrides)
+# executor:           # where attack batches run: local (default) or ray (same records)
+#   name: ray         # needs pip install 'aegis[ray]'
+#   workers: 4        # default: one per GPU, else one per CPU
+#   address: auto     # an existing Ray cluster (default: a local Ray instance)
 
 evaluations:
   # white-box robustness; eps may be one budget or a sweep (the largest is the headline)

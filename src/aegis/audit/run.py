@@ -70,6 +70,9 @@ def _attack(ev: AttackEval, model: str, cfg: AuditConfig, out: Path) -> tuple[An
         seed=cfg.seed,
         out=out,
         preprocess=list(ev.preprocess),
+        executor=cfg.executor.name,
+        workers=cfg.executor.workers,
+        ray_address=cfg.executor.address,
         **ev.params,
     )
     m = run.metrics
