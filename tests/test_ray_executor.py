@@ -312,6 +312,22 @@ def test_cli_executor_ray_end_to_end(
         np.testing.assert_array_equal(a["x_adv"], b["x_adv"])
 
 
+def _no_gradients(a: np.ndarray) -> np.ndarray:
+    return np.zeros((len(a), CLASSES), np.float32)
+
+
+def test_an_error_raised_on_a_worker_is_raised_as_it_is(ray_session: None, points: Any) -> None:
+    query_only = Classifier(
+        None, ModelInfo(num_classes=CLASSES, input_shape=SHAPE), query_fn=_no_gradients
+    )
+    with pytest.raises(CapabilityError) as local:
+        _run(query_only, points, PGD(steps=2), "local")
+    with pytest.raises(CapabilityError) as distributed:
+        _run(query_only, points, PGD(steps=2), RayExecutor(workers=2))
+    assert type(distributed.value) is CapabilityError
+    assert str(distributed.value) == str(local.value) and "query-only" in str(local.value)
+
+
 def test_models_ray_cannot_reproduce_or_ship_are_refused(
     ray_session: None, tiny: Classifier, points: Any
 ) -> None:

@@ -241,8 +241,7 @@ class RayExecutor(Executor):
                     )
                     ray.kill(actor, no_restart=True)
                     actors[actors.index(actor)] = fresh = start()
-                    self._check_started([fresh], model)
-                    submit(fresh, batch, attempt + 1)
+                    submit(fresh, batch, attempt + 1)  # a fresh worker that fails counts too
                     continue
                 yield finished
                 if queue:
