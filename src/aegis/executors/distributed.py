@@ -203,7 +203,7 @@ class RayExecutor(Executor):
         spawn = self._worker_class(plan)
 
         def start() -> Any:
-            return spawn.remote(model_ref, plan.threads, warmup_ref)
+            return spawn.remote(model_ref, plan.threads, plan.gpus > 0, warmup_ref)
 
         actors = [start() for _ in range(plan.workers)]
         try:
@@ -280,11 +280,11 @@ class RayExecutor(Executor):
 class _Worker:
     """One Ray actor: its own copy of the model, on its own device, with its torch threads."""
 
-    def __init__(self, model: Classifier, threads: int, warmup: Tensor | None) -> None:
+    def __init__(self, model: Classifier, threads: int, gpu: bool, warmup: Tensor | None) -> None:
         from aegis._alloc import keep_freed_memory
 
         torch.set_num_threads(max(1, threads))
-        if torch.cuda.is_available() and model.device.type == "cpu":
+        if gpu and torch.cuda.is_available() and model.device.type == "cpu":
             model.move_to("cuda")  # Ray shows each GPU worker only its own GPU
         if model.device.type == "cpu":
             keep_freed_memory()
