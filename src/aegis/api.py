@@ -17,6 +17,7 @@ from aegis.attacks.base import Attack
 from aegis.defenses.preprocessing import DefendedClassifier, Preprocessor, defend, parse_preprocess
 from aegis.engine import Evaluation, ProgressFn, evaluate
 from aegis.errors import ConfigError, DataError
+from aegis.executors import Executor, create_executor
 from aegis.io import rundir
 from aegis.io.data import Dataset, load_dataset
 from aegis.metrics import (
@@ -162,6 +163,9 @@ def run_attack(
     eot_samples: int | None = None,
     compare_naive: bool = False,
     resume: bool = False,
+    executor: str | Executor = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
     **attack_params: Any,
 ) -> AttackRun:
     """Attack a model on a dataset and measure it; write a run directory if ``out`` is given.
@@ -191,6 +195,11 @@ def run_attack(
     model, data and settings) and attacks only the rest, giving the records of an
     uninterrupted run. The folder is removed once the run's results are written; without
     ``resume`` a leftover one is discarded and the run starts over.
+
+    ``executor="ray"`` shards the batches over Ray workers (``workers`` of them, default one
+    per GPU, else one per CPU; a local Ray instance, or the cluster at ``ray_address``) with
+    the records of the local run; ``results["config"]["executor"]`` says which ran. An
+    :class:`~aegis.executors.Executor` instance may be passed instead of a name.
     """
     if success_threshold is not None and not 0 <= success_threshold <= 1:
         raise ConfigError(
@@ -204,6 +213,12 @@ def run_attack(
             "--naive, --no-adaptive and --eot-samples change how preprocessing defenses are "
             "attacked; name them with --preprocess (e.g. --preprocess jpeg:quality=75)"
         )
+    if isinstance(executor, Executor):
+        if workers is not None or ray_address is not None:
+            raise ConfigError("workers and ray_address go with executor='ray', not an instance")
+        runner = executor
+    else:
+        runner = create_executor(executor, workers=workers, address=ray_address)
     algo = create_all(attack, norm=norm, **attack_params)
     minimal = all(a.minimal for a in algo)
     budgets = _budgets(eps, minimal)
@@ -243,6 +258,7 @@ def run_attack(
                 checkpoint=None
                 if progress_dir is None
                 else progress_dir / f"evaluation-{first + number}",
+                executor=runner,
             )
             for number, e in enumerate(runs)
         ]

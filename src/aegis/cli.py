@@ -244,6 +244,32 @@ def attack(
     attack_misclassified: Annotated[
         bool, typer.Option(help="Also attack inputs the model already gets wrong.")
     ] = False,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            help="Where the batches run: local (this process) or ray (Ray workers, each with "
+            "its own copy of the model: a local Ray instance, or the cluster at "
+            "--ray-address). Both give the same records for the same seed; ray needs "
+            "pip install 'aegis[ray]'.",
+        ),
+    ] = "local",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Ray workers (default: one per GPU of the cluster, else one per CPU); each "
+            "runs torch on its share of the CPUs, or on its own GPU.",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Run on an existing Ray cluster (auto, HOST:6379 or ray://HOST:10001; aegis "
+            "must be installed on its nodes) instead of starting a local Ray instance.",
+        ),
+    ] = None,
     num_classes: Annotated[int | None, typer.Option(help="Model outputs (classes).")] = None,
     input_shape: Annotated[
         str | None, typer.Option(help="Model input C,H,W, e.g. 1,28,28.")
@@ -393,6 +419,9 @@ def attack(
             eot_samples=eot_samples,
             compare_naive=naive,
             resume=resume,
+            executor=executor,
+            workers=workers,
+            ray_address=ray_address,
             **params,
         )
     finally:
@@ -408,6 +437,13 @@ def attack(
 def _run_files(out_dir: str | Path) -> str:
     """The line that tells where a run's results and report are."""
     return f"results: {Path(out_dir) / 'results.json'}  report: {Path(out_dir) / 'report.html'}"
+
+
+def _executor_note(executor: Any) -> str:
+    """`` · 4 Ray workers`` for a run on Ray; nothing for a local one."""
+    if not isinstance(executor, dict) or executor.get("name") != "ray":
+        return ""
+    return f" · {executor.get('workers')} Ray workers"
 
 
 def _pct(v: float | None) -> str:
@@ -428,6 +464,7 @@ def _print_summary(run: Any) -> None:
         f"({m['n']} inputs) · attack {cfg['attack']['name']} {cfg['threat']['norm']} "
         f"ε={cfg['threat']['eps']}"
         + (f" · target {cfg['targets']}" if cfg["targets"] is not None else "")
+        + _executor_note(cfg.get("executor"))
     )
     table = Table(show_header=True, header_style="bold")
     table.add_column("metric")

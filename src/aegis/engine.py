@@ -3,6 +3,11 @@
 By default only points that are correctly classified (and, for targeted attacks, whose true label
 is not the target) are attacked. Success is decided here, by predicting again on what the attack
 returned; the budget and box of every returned input are audited before a record is written.
+
+The batches run on an executor (:mod:`aegis.executors`): in this process (``local``, the default)
+or on Ray workers (``ray``). Each batch is a ``Batch`` of inputs run by a ``BatchWork`` (the
+attacks, the threat, the seed) with its own seed, so a batch attacked anywhere, in any order,
+gives the same result; the records are put back in batch order here.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +32,9 @@ from aegis.errors import AegisError, ConfigError, DataError
 from aegis.model import FROZEN_MIN_POINTS, Classifier
 from aegis.records import Records
 from aegis.threat import ThreatModel, norms
+
+if TYPE_CHECKING:
+    from aegis.executors import Executor
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,58 @@ def batch_seed(seed: int, start: int) -> int:
     return int(np.random.SeedSequence([seed, start]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One batch of an evaluation: its first index and its rows (on the CPU, as given)."""
+
+    start: int
+    x: Tensor
+    y: Tensor
+    targets: Tensor | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A batch's records (``index`` and ``seconds`` filled in) and adversarial inputs."""
+
+    start: int
+    records: Records
+    x_adv: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchWork:
+    """What every batch of one evaluation runs: the attacks, the threat, the run seed. Small
+    and picklable, so an executor can send it to other processes with the batches."""
+
+    attacks: tuple[Attack, ...]
+    threat: ThreatModel
+    seed: int
+    attack_misclassified: bool
+
+    def __call__(self, model: Classifier, batch: Batch) -> Finished:
+        """Attack ``batch`` on ``model``'s device; the result is back on the CPU."""
+        t0 = time.perf_counter()
+        xb = batch.x.to(model.device, torch.float32)
+        yb = batch.y.to(model.device)
+        tb = None if batch.targets is None else batch.targets.to(model.device)
+        rec, xb_adv = _run_batch(
+            model,
+            xb,
+            yb,
+            tb,
+            list(self.attacks),
+            self.threat,
+            self.seed,
+            batch.start,
+            self.attack_misclassified,
+        )
+        m = xb.shape[0]
+        rec.index = np.arange(batch.start, batch.start + m)
+        rec.seconds = np.full(m, (time.perf_counter() - t0) / m)
+        return Finished(batch.start, rec, xb_adv.cpu().numpy())
+
+
 def evaluate(
     model: Classifier,
     x: np.ndarray | Tensor,
@@ -83,6 +143,7 @@ def evaluate(
     attack_misclassified: bool = False,
     progress: ProgressFn | None = None,
     checkpoint: Path | str | None = None,
+    executor: Executor | str = "local",
 ) -> Evaluation:
     """Attack ``x`` in batches and record, per sample, predictions, success, norms and calls.
 
@@ -94,13 +155,22 @@ def evaluate(
             successful perturbation (in ``threat.norm``).
         targets: None (untargeted), one class for every input, or one class per input.
         attack_misclassified: also attack points the model already gets wrong.
-        progress: called with the number of samples finished after every batch.
+        progress: called with the number of samples finished after every batch (batches
+            may finish out of order on a parallel executor; the count only grows).
         checkpoint: a folder where each finished batch is written atomically (records and
-            adversarial inputs); a batch already there for the same model, data and settings
-            is read back instead of attacked again. Every batch draws from its own seed
-            (``batch_seed``), so a run killed at any moment and started again with the same
-            folder gives the records of an uninterrupted run (timings aside).
+            adversarial inputs) as soon as it finishes; a batch already there for the same
+            model, data and settings is read back instead of attacked again. Every batch
+            draws from its own seed (``batch_seed``), so a run killed at any moment and
+            started again with the same folder gives the records of an uninterrupted run
+            (timings aside), on either executor.
+        executor: where the batches run: ``"local"`` (this process, the default), ``"ray"``
+            (Ray workers with the default settings) or an :class:`aegis.executors.Executor`
+            such as ``RayExecutor(workers=4)``. The records are the same on every executor
+            (timings aside); ``config["executor"]`` says which one ran.
     """
+    from aegis.executors import Executor, create_executor
+
+    runner = executor if isinstance(executor, Executor) else create_executor(executor)
     xt = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
     yt = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
     n = xt.shape[0]
@@ -134,43 +204,47 @@ def evaluate(
         raise ConfigError(f"batch_size must be >= 1, got {bs}")
     if model.device.type == "cpu":
         keep_freed_memory()
+    warmup = None
     if n >= FROZEN_MIN_POINTS:
         # Decided before the first attack call, so the whole run takes one path.
-        model.prepare_frozen(xt[:bs].to(model.device, torch.float32))
+        warmup = xt[:bs].to(model.device, torch.float32)
+        model.prepare_frozen(warmup)
 
     config = _config(attacks, threat, tgt, n, bs, seed, attack_misclassified)
     store = (
         None if checkpoint is None else _BatchStore(Path(checkpoint), model, xt, yt, tgt, config)
     )
 
-    parts: list[Records] = []
-    advs: list[np.ndarray] = []
+    finished: dict[int, tuple[Records, np.ndarray]] = {}
+    pending: list[Batch] = []
+    done = 0
     start_all = time.perf_counter()
     for start in range(0, n, bs):
-        done = None if store is None else store.load(start)
-        if done is not None:
-            parts.append(done[0])
-            advs.append(done[1])
-            if progress is not None:
-                progress(min(start + bs, n))
+        saved = None if store is None else store.load(start)
+        if saved is None:
+            tb = None if tgt is None else torch.from_numpy(tgt[start : start + bs])
+            pending.append(Batch(start, xt[start : start + bs], yt[start : start + bs], tb))
             continue
-        t0 = time.perf_counter()
-        xb = xt[start : start + bs].to(model.device, torch.float32)
-        yb = yt[start : start + bs].to(model.device)
-        tb = None if tgt is None else torch.from_numpy(tgt[start : start + bs]).to(model.device)
-        rec, xb_adv = _run_batch(
-            model, xb, yb, tb, attacks, threat, seed, start, attack_misclassified
-        )
-        rec.index = np.arange(start, start + xb.shape[0])
-        rec.seconds = np.full(xb.shape[0], (time.perf_counter() - t0) / xb.shape[0])
-        parts.append(rec)
-        advs.append(xb_adv.cpu().numpy())
-        if store is not None:
-            store.save(start, rec, advs[-1])
+        finished[start] = saved
+        done += len(saved[0])
         if progress is not None:
-            progress(min(start + bs, n))
-    records = Records.concat(parts)
-    x_adv = np.concatenate(advs) if advs else np.zeros((0, *model.input_shape), np.float32)
+            progress(done)
+    work = BatchWork(tuple(attacks), threat, seed, attack_misclassified)
+    for batch in runner.run(model, work, pending, warmup=warmup):
+        finished[batch.start] = (batch.records, batch.x_adv)
+        if store is not None:
+            store.save(batch.start, batch.records, batch.x_adv)
+        done += len(batch.records)
+        if progress is not None:
+            progress(done)
+    order = sorted(finished)
+    records = Records.concat([finished[s][0] for s in order])
+    x_adv = (
+        np.concatenate([finished[s][1] for s in order])
+        if order
+        else np.zeros((0, *model.input_shape), np.float32)
+    )
+    config["executor"] = runner.describe()
     return Evaluation(records, x_adv, config, time.perf_counter() - start_all)
 
 

@@ -211,6 +211,31 @@ class Classifier:
         self._mean = None if info.mean is None else _channel_tensor(info.mean, c, self.device)
         self._std = None if info.std is None else _channel_tensor(info.std, c, self.device)
 
+    # -- other processes ------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, object]:
+        """The state a copy in another process (a Ray worker) gets: everything but the frozen
+        TorchScript copy, which does not pickle; ``prepare_frozen`` on the batch it was traced
+        on rebuilds it there (only if it served here), so both take the same path."""
+        state = self.__dict__.copy()
+        state["_try_frozen"] = self._try_frozen or self._frozen is not None
+        state["_frozen"] = None
+        state["counter"] = None
+        return state
+
+    def move_to(self, device: torch.device | str) -> None:
+        """Move this Classifier, in place, to ``device``: for a worker's own copy (the engine
+        never moves the user's model). A frozen copy is dropped: it is CPU-only."""
+        self.device = torch.device(device)
+        if isinstance(self.module, torch.nn.Module):
+            self.module.to(self.device)
+        if self._mean is not None:
+            self._mean = self._mean.to(self.device)
+        if self._std is not None:
+            self._std = self._std.to(self.device)
+        if self.device.type != "cpu":
+            self._frozen = None
+            self._try_frozen = False
+
     # -- metadata -------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:

@@ -25,6 +25,10 @@ limit: 40             # evaluate the first 40 inputs (remove for all)
 seed: 0
 # out: runs/audit     # the run directory (default: runs/<time>-audit; --out overrides)
 # mlflow: {uri: sqlite:///mlflow.db, experiment: aegis}   # log the finished audit to MLflow
+# executor:           # where attack batches run: local (default) or ray (same records)
+#   name: ray         # needs pip install 'aegis[ray]'
+#   workers: 4        # default: one per GPU, else one per CPU
+#   address: auto     # an existing Ray cluster (default: a local Ray instance)
 
 evaluations:
   # white-box robustness; eps may be one budget or a sweep (the largest is the headline)

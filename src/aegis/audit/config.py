@@ -3,8 +3,10 @@
 One file names the model(s), the data and a list of evaluations, each tagged by ``type``
 (``attack``, ``defend``, ``detect``, ``certify``, ``poison``, ``extract``, ``membership``)
 with its options and an optional ``require`` block of pass/fail thresholds; an optional
-``mlflow`` block logs the finished audit to an MLflow tracking store. Unknown keys are
-errors (``extra="forbid"``), so a misspelt threshold never passes silently.
+``mlflow`` block logs the finished audit to an MLflow tracking store, and an optional
+``executor`` block says where the batches of ``attack`` evaluations run (``local``, or ``ray``
+with ``workers`` and ``address``). Unknown keys are errors (``extra="forbid"``), so a misspelt
+threshold never passes silently.
 
     >>> cfg = load_config("audit.yaml")
     >>> [e.type for e in cfg.evaluations]
@@ -15,7 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from aegis.errors import ConfigError
 
@@ -204,6 +213,28 @@ class MlflowConfig(_Strict):
     experiment: Annotated[str, Field(min_length=1)] = "aegis"
 
 
+class ExecutorConfig(_Strict):
+    """Where the batches of ``attack`` evaluations run (``aegis attack --executor``): ``local``
+    (this process) or ``ray`` (``workers`` Ray workers, default one per GPU else one per CPU;
+    a local Ray instance, or the cluster at ``address``). ``executor: ray`` is short for
+    ``executor: {name: ray}``. The records do not depend on it."""
+
+    name: Literal["local", "ray"] = "local"
+    workers: Annotated[int, Field(ge=1)] | None = None
+    address: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _ray_only(self) -> ExecutorConfig:
+        if self.name == "local" and (self.workers is not None or self.address is not None):
+            raise ValueError("workers and address are for Ray workers; add name: ray")
+        return self
+
+
 class AuditConfig(_Strict):
     """The whole audit. ``models`` are model files; ``data`` a file or built-in name."""
 
@@ -214,6 +245,7 @@ class AuditConfig(_Strict):
     seed: int = 0
     out: str | None = None
     mlflow: MlflowConfig | None = None
+    executor: ExecutorConfig = ExecutorConfig()
     evaluations: Annotated[list[Evaluation], Field(min_length=1)]
 
     @field_validator("mlflow", mode="before")
@@ -261,6 +293,8 @@ def _message(err: dict[str, Any], config: Any) -> str:
         )
     if kind == "union_tag_not_found":
         return "needs a 'type' (attack, defend, detect, certify, poison, extract, membership)"
+    if kind == "value_error":  # a validator's own message
+        return str(msg).removeprefix("Value error, ")
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
         bound = next(iter(ctx.values()))

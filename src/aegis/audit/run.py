@@ -77,6 +77,9 @@ def _attack(ev: AttackEval, model: str, cfg: AuditConfig, out: Path, resume: boo
         out=out,
         preprocess=list(ev.preprocess),
         resume=resume,
+        executor=cfg.executor.name,
+        workers=cfg.executor.workers,
+        ray_address=cfg.executor.address,
         **ev.params,
     )
 

@@ -446,6 +446,10 @@ class DefendedClassifier(Classifier):
             self.base, self.steps, adaptive=adaptive, eot_samples=eot, seed=self.seed
         )
 
+    def move_to(self, device: torch.device | str) -> None:
+        super().move_to(device)
+        self.base.move_to(device)
+
     # -- preprocessing ----------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
