@@ -328,14 +328,21 @@ def test_an_error_raised_on_a_worker_is_raised_as_it_is(ray_session: None, point
     assert str(distributed.value) == str(local.value) and "query-only" in str(local.value)
 
 
-def test_models_ray_cannot_reproduce_or_ship_are_refused(
+def test_a_random_defense_gives_the_local_records(
     ray_session: None, tiny: Classifier, points: Any
 ) -> None:
+    """Its draws restart from each batch's seed (``Classifier.reseed``), so the batches a
+    worker ran before do not matter."""
     from aegis.defenses.preprocessing import defend
 
-    noisy = defend(tiny, ["gaussian-noise:sigma=0.1"])
-    with pytest.raises(CapabilityError, match="random preprocessing draws from one generator"):
-        _run(noisy, points, PGD(steps=2), "ray")
+    noisy = defend(tiny, ["gaussian-noise:sigma=0.3"], eot_samples=2)
+    attack = PGD(steps=4, random_start=True)
+    local = _run(noisy, points, attack, "local")
+    _same(local, _run(noisy, points, attack, RayExecutor(workers=2)))
+    assert local.records.success.any()
+
+
+def test_models_ray_cannot_ship_are_refused(ray_session: None, points: Any) -> None:
     from aegis.registry import create
 
     session = threading.Lock()  # stands for a client session, a socket: nothing that pickles

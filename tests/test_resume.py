@@ -137,3 +137,35 @@ def test_run_attack_keeps_progress_only_until_its_results_are_written(tmp_path: 
         clf, (x.numpy(), y.numpy()), attack="pgd", eps=0.1, steps=5, out=out, resume=True
     )
     assert a.metrics["adversarial_accuracy"] == b.metrics["adversarial_accuracy"]
+
+
+def test_a_random_defense_resumes_to_the_uninterrupted_records(tmp_path: Path) -> None:
+    """A random preprocessing defense draws afresh from each batch's seed: a batch attacked
+    again on resume (its checkpoint lost) gives what it gave in the uninterrupted run, though
+    the batches before it were read back rather than run."""
+    import torch
+
+    from aegis.defenses.preprocessing import defend
+    from aegis.engine import evaluate
+    from aegis.model import Classifier, ModelInfo
+    from aegis.registry import create
+    from aegis.threat import ThreatModel
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _factories import SmallCNN
+
+    torch.manual_seed(0)
+    clf = Classifier(SmallCNN(width=6), ModelInfo(num_classes=4, input_shape=(1, 12, 12)))
+    x = torch.rand(30, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    y = clf.predict(x)
+    noisy = defend(clf, ["gaussian-noise:sigma=0.2"], eot_samples=2)
+    kw = dict(batch_size=5, seed=7, checkpoint=tmp_path / "ck")
+
+    def run() -> Records:
+        return evaluate(noisy, x, y, create("pgd", steps=5), ThreatModel("linf", 0.1), **kw).records  # type: ignore[arg-type]
+
+    whole = run()
+    files = sorted((tmp_path / "ck").glob("*.npz"))
+    assert len(files) == 6
+    files[3].unlink()  # the fourth batch is attacked again, the others are read back
+    _same(whole, run())

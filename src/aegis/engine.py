@@ -344,6 +344,7 @@ def _run_batch(
     attack_misclassified: bool,
 ) -> tuple[Records, Tensor]:
     m = x.shape[0]
+    model.reseed(batch_seed(seed, start))  # a random defense draws afresh in every batch
     with model.counting(m) as counter:
         clean_pred = model.logits(x).argmax(1)
     forward = counter.forward.copy()

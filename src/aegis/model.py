@@ -264,6 +264,12 @@ class Classifier:
         """Random draws each gradient call averages (EOT); 1 for a deterministic model."""
         return 1
 
+    def reseed(self, seed: int) -> None:
+        """Start the model's own random draws (a random defense) afresh from ``seed``. The
+        engine calls it at the start of every batch with the batch's seed, so a batch's
+        records do not depend on the batches before it: resumed and Ray runs match a local,
+        uninterrupted one. A deterministic model has nothing to reseed."""
+
     # -- counting -------------------------------------------------------------------------
     @contextlib.contextmanager
     def counting(self, n: int) -> Iterator[QueryCounter]:

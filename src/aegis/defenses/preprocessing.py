@@ -430,6 +430,13 @@ class DefendedClassifier(Classifier):
         self.seed = seed
         self._draws = (eot_samples or DEFAULT_EOT_SAMPLES) if adaptive and random else 1
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._draw_seed = seed
+
+    def reseed(self, seed: int) -> None:
+        # the defense's own seed and the batch's, mixed: either changes every draw
+        mixed = np.random.SeedSequence([self.seed, seed]).generate_state(1, dtype=np.uint64)[0]
+        self._draw_seed = int(mixed >> 1)
+        self._generators.clear()
 
     @property
     def randomized(self) -> bool:
@@ -453,7 +460,7 @@ class DefendedClassifier(Classifier):
     # -- preprocessing ----------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+            self._generators[device] = torch.Generator(device=device).manual_seed(self._draw_seed)
         return self._generators[device]
 
     def _apply(self, step: Preprocessor, x: Tensor) -> Tensor:

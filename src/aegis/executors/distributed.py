@@ -183,12 +183,6 @@ class RayExecutor(Executor):
     ) -> Iterator[Finished]:
         if not batches:
             return
-        if model.randomized:
-            raise CapabilityError(
-                f"--executor ray cannot give the records of a local run for {model.name}: its "
-                "random preprocessing draws from one generator across batches; use --executor "
-                "local"
-            )
         ray = self.ray
         plan = self.connect()
         try:
