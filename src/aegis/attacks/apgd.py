@@ -35,15 +35,7 @@ import torch
 from torch import Tensor
 
 from aegis.attacks._params import check_iterative
-from aegis.attacks.base import (
-    Attack,
-    ce_loss,
-    dlr_loss,
-    is_adversarial,
-    runner_up_targets,
-    stack_targets,
-    target_groups,
-)
+from aegis.attacks.base import Attack, ce_loss, dlr_loss, is_adversarial, runner_up_targets
 from aegis.errors import ConfigError
 from aegis.model import Classifier, LossFn
 from aegis.registry import register
@@ -158,10 +150,8 @@ class APGD(Attack):
         *,
         loss: str | None = None,
         any_error: bool = False,
-        rows: Tensor | None = None,
     ) -> None:
-        """Run the restarts on the points not yet ``found``, updating ``x_out`` and ``found``.
-        ``rows``: each row's sample in the engine's batch (default: the row itself)."""
+        """Run the restarts on the points not yet ``found``, updating ``x_out`` and ``found``."""
         for restart in range(self.restarts):
             idx = (~found).nonzero().squeeze(1)
             if idx.numel() == 0:
@@ -172,7 +162,7 @@ class APGD(Attack):
                 x[idx],
                 y[idx],
                 t,
-                idx if rows is None else rows[idx],
+                idx,
                 threat,
                 generator,
                 random=self.random_start or restart > 0,
@@ -395,11 +385,8 @@ class APGDT(APGD):
 
     Untargeted use (the AutoAttack component): for j = 2 … k + 1, the j-th most likely class
     of the clean input becomes the target of one APGD run on the points not yet misclassified;
-    any misclassification counts as success. Where the batch is small, several targets run
-    side by side in one call (``base.targets_per_call``): each still-robust point is then
-    attacked with each target of the group, so the result is as strong or stronger at the
-    same budget per point and target. With ``targets`` given it is APGD with the targeted
-    loss. The targeted DLR needs 4 classes; below that the targeted CE loss is used.
+    any misclassification counts as success. With ``targets`` given it is APGD with the
+    targeted loss. The targeted DLR needs 4 classes; below that the targeted CE loss is used.
     """
 
     loss: str = "dlr"
@@ -428,32 +415,8 @@ class APGDT(APGD):
         if targets is not None:
             self._restarts(model, x, y, targets, threat, generator, x_out, found, loss=loss)
             return x_out
-        ranked = runner_up_targets(model, x, y, self.target_classes)
-        for group, idx in target_groups(ranked, x, lambda: (~found).nonzero().squeeze(1)):
-            if len(group) == 1:
-                self._restarts(
-                    model,
-                    x,
-                    y,
-                    group[0],
-                    threat,
-                    generator,
-                    x_out,
-                    found,
-                    loss=loss,
-                    any_error=True,
-                )
-                continue
-            xs, ys, ts, rows = stack_targets(x, y, idx, group)
-            adv, hit = xs.clone(), torch.zeros(xs.shape[0], dtype=torch.bool, device=x.device)
+        for t in runner_up_targets(model, x, y, self.target_classes):
             self._restarts(
-                model, xs, ys, ts, threat, generator, adv, hit, loss=loss, any_error=True, rows=rows
+                model, x, y, t, threat, generator, x_out, found, loss=loss, any_error=True
             )
-            hit = hit.view(len(group), -1)
-            # Per point: the first target that fooled it, else the last one's output.
-            pick = torch.where(hit.any(0), hit.int().argmax(0), len(group) - 1)
-            x_out[idx] = adv.view(len(group), idx.numel(), *x.shape[1:])[
-                pick, torch.arange(idx.numel())
-            ]
-            found[idx] = hit.any(0)
         return x_out

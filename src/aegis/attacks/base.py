@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -96,47 +96,6 @@ def runner_up_targets(model: Classifier, x: Tensor, y: Tensor, k: int) -> list[T
         torch.where(order[:, j] == y, order[:, 0], order[:, j])
         for j in range(1, min(k, model.num_classes - 1) + 1)
     ]
-
-
-TARGET_GROUP_ELEMENTS = 1024 * 784  # input elements per call when targets run side by side
-
-
-def targets_per_call(points: int, x: Tensor, left: int) -> int:
-    """How many of the ``left`` target classes of APGD-T / FAB-T to run side by side on
-    ``points`` inputs: the rows of one call (points × targets) stay within
-    ``TARGET_GROUP_ELEMENTS`` input elements (or the batch itself, when that is larger), so
-    memory never exceeds what the batch size allows; 1 runs them in turn, as AutoAttack does.
-    Side by side, every target is tried on every point still robust before the group (in
-    turn, a point fooled by one target is not attacked with the next): the per-sample worst
-    case can only be as strong or stronger, at the same budget per point and target, and the
-    larger calls use a CPU better (small MNIST batches)."""
-    per_row = max(1, points * x[0].numel())
-    return max(1, min(left, TARGET_GROUP_ELEMENTS // per_row))
-
-
-def target_groups(
-    ranked: list[Tensor], x: Tensor, unfinished: Callable[[], Tensor]
-) -> Iterator[tuple[list[Tensor], Tensor]]:
-    """The ranked targets in groups to run side by side (``targets_per_call``), each with the
-    points ``unfinished()`` still left to attack when the group starts; stops once none is."""
-    i = 0
-    while i < len(ranked):
-        idx = unfinished()
-        if idx.numel() == 0:
-            return
-        group = ranked[i : i + targets_per_call(idx.numel(), x, len(ranked) - i)]
-        i += len(group)
-        yield group, idx
-
-
-def stack_targets(
-    x: Tensor, y: Tensor, idx: Tensor, group: list[Tensor]
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Rows for running the targets ``group`` side by side on the points ``idx``: copy j of
-    point i sits at row j·len(idx) + i; returns (x, y, targets, batch rows)."""
-    m = len(group)
-    xs = x[idx].repeat(m, *([1] * (x.ndim - 1)))
-    return xs, y[idx].repeat(m), torch.cat([t[idx] for t in group]), idx.repeat(m)
 
 
 def best_of_restarts(

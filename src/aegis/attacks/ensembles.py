@@ -3,9 +3,7 @@
 ``standard`` is AutoAttack's standard protocol (Croce & Hein 2020,
 https://arxiv.org/abs/2003.01690) with its budgets, so its numbers compare with published ones:
 APGD-CE (100 steps) → APGD-T (100 steps, 9 target classes) → FAB-T (100 steps, 9 targets) →
-Square (5,000 queries), each run only on the points every earlier one failed on. APGD-T and
-FAB-T run several of their targets side by side when the batch is small (every still-robust
-point meets every target of a group: as strong or stronger, same budget per target). For L1 the
+Square (5,000 queries), each run only on the points every earlier one failed on. For L1 the
 reference runs APGD-CE with 5 restarts and APGD-T with 5 targets, both with the larger-ε
 warm-up; Square has no L1 version here, so the L1 suite ends with FAB-T (see docs).
 

@@ -18,8 +18,7 @@ box width for linf / l2 / l1 when unbounded, as in the reference implementation)
 ``value_and_grad`` call on the batch repeated K − 1 times). ``fab-t`` is AutoAttack's FAB-T: for
 each of the ``target_classes`` most likely other classes of the clean input in turn, FAB with the
 single boundary z_t − z_y (one gradient row per point per step) on the points not yet fooled;
-any misclassification counts (targets side by side where the batch is small, as in APGD-T).
-With ``targets`` given, both are targeted FAB: the boundary is
+any misclassification counts. With ``targets`` given, both are targeted FAB: the boundary is
 z_t − z_c with c the strongest non-target class, and only the target counts.
 
 Returns, per point, the smallest adversarial input evaluated (the original x when none); with
@@ -38,13 +37,7 @@ import torch
 from torch import Tensor
 
 from aegis.attacks._params import check_iterative
-from aegis.attacks.base import (
-    Attack,
-    is_adversarial,
-    runner_up_targets,
-    stack_targets,
-    target_groups,
-)
+from aegis.attacks.base import Attack, is_adversarial, runner_up_targets
 from aegis.errors import ConfigError
 from aegis.model import Classifier
 from aegis.registry import register
@@ -127,13 +120,6 @@ def project_hyperplane_box(
 # -- the attack -----------------------------------------------------------------------------
 
 
-def _unfinished(best_norm: Tensor, eps: float) -> Tensor:
-    """The points still to attack: all of them unbounded, else those not fooled within ε."""
-    if math.isinf(eps):
-        return torch.arange(best_norm.shape[0], device=best_norm.device)
-    return (best_norm > eps).nonzero().squeeze(1)
-
-
 def _sphere_start(
     x: Tensor,
     radius: Tensor,
@@ -203,15 +189,18 @@ class FAB(Attack):
         best_norm: Tensor,
         *,
         any_error: bool,
-        rows: Tensor | None = None,
     ) -> None:
         """Run the restarts, updating ``best`` / ``best_norm`` in place. With a finite ε only
         the points not yet fooled within ε are attacked; unbounded, every point is, and the
-        smallest adversarial wins. ``rows``: each row's sample in the engine's batch."""
+        smallest adversarial wins."""
         lo, hi = model.bounds
         scale = threat.eps if math.isfinite(threat.eps) else START_RADIUS[threat.norm] * (hi - lo)
         for restart in range(self.restarts):
-            idx = _unfinished(best_norm, threat.eps)
+            idx = (
+                torch.arange(x.shape[0], device=x.device)
+                if math.isinf(threat.eps)
+                else (best_norm > threat.eps).nonzero().squeeze(1)
+            )
             if idx.numel() == 0:
                 return
             x0 = x[idx]
@@ -221,8 +210,7 @@ class FAB(Attack):
                 radius = 0.5 * best_norm[idx].clamp_max(scale)
                 start = _sphere_start(x0, radius, threat.norm, model.bounds, generator)
             t = None if targets is None else targets[idx]
-            at = idx if rows is None else rows[idx]
-            adv, size = self._one_run(model, x0, y[idx], t, at, threat, start, any_error)
+            adv, size = self._one_run(model, x0, y[idx], t, idx, threat, start, any_error)
             better = size < best_norm[idx]
             best[idx] = torch.where(better.view(-1, *([1] * (x.ndim - 1))), adv, best[idx])
             best_norm[idx] = torch.minimum(size, best_norm[idx])
@@ -295,39 +283,15 @@ class FAB(Attack):
             best_norm[pos] = torch.where(better, size, best_norm[pos])
             return adv
 
-        # With a finite ε and one boundary row per point (FAB-T), few iterates are adversarial
-        # (a point fooled within ε leaves), so the check of x_{k+1} is deferred to the next
-        # step's gradient call, which returns its logits anyway; only the rows found
-        # adversarial there take the backward step and are linearized again. That spares the
-        # forward pass per step; the iterates and the points dropped are the same.
-        deferred = math.isfinite(threat.eps) and (t is not None or any_error)
-        pending = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
         for step in range(self.steps):
-            check = math.isfinite(threat.eps) and step % CHECK_EVERY == 0
-            if check and not deferred:
+            if math.isfinite(threat.eps) and step % CHECK_EVERY == 0:
                 active = active[best_norm[active] > threat.eps]  # fooled within ε: done
                 if active.numel() == 0:
                     break
-            xa = x_cur[active]
+            xa, xo = x_cur[active], x0[active]
             ta = None if t is None else t[active]
             logits, f, g = self._linearize(model, xa, y[active], ta, rows[active], any_error)
-            adv = keep(active, xa, logits)  # the iterate itself may already be adversarial
-            if check and deferred:  # the same drop, once the deferred check is done
-                stay = best_norm[active] > threat.eps
-                active, xa, f, g, adv = active[stay], xa[stay], f[stay], g[stay], adv[stay]
-                if active.numel() == 0:
-                    break
-            xo = x0[active]
-            back = adv & pending[active]
-            if bool(back.any()):  # deferred check: backward step, then linearize there
-                pos, ab = active[back], back.nonzero().squeeze(1)
-                xb = x0[pos] + self.beta * (x_cur[pos] - x0[pos])
-                x_cur[pos] = xb
-                tb = None if t is None else t[pos]
-                lb, fb, gb = self._linearize(model, xb, y[pos], tb, rows[pos], any_error)
-                keep(pos, xb, lb)
-                xa, f, g = xa.clone(), f.clone(), g.clone()
-                xa[ab], f[ab], g[ab] = xb, fb, gb
+            keep(active, xa, logits)  # the iterate itself may already be adversarial
             # The closest linearized boundary, in the threat's norm.
             dist = f.abs() / (norms(g.reshape(-1, g.shape[-1]), DUAL[norm]).view(f.shape) + 1e-12)
             j = dist.argmin(1)
@@ -344,16 +308,9 @@ class FAB(Attack):
             alpha = (n_cur / (n_cur + n_orig)).clamp(0, self.alpha_max)[:, None]
             x_new = (1 - alpha) * (xf + self.eta * d_cur) + alpha * (x0f + self.eta * d_orig)
             x_new = x_new.clamp(*bounds).view_as(xa)
-            if deferred:
-                x_cur[active] = x_new
-                pending[active] = True
-                continue
             adv = keep(active, x_new, model.logits(x_new, rows=rows[active]))
             # Backward step: an adversarial point moves toward the original one.
             x_cur[active] = torch.where(adv.view(view), xo + self.beta * (x_new - xo), x_new)
-        last = active[pending[active]]
-        if last.numel():  # the deferred check of the last step's iterates
-            keep(last, x_cur[last], model.logits(x_cur[last], rows=rows[last]))
         return best, best_norm
 
 
@@ -396,20 +353,6 @@ class FABT(FAB):
                 model, x, y, targets, threat, generator, best, best_norm, any_error=False
             )
             return best
-        ranked = runner_up_targets(model, x, y, self.target_classes)
-        for group, idx in target_groups(ranked, x, lambda: _unfinished(best_norm, threat.eps)):
-            if len(group) == 1:
-                self._restarts(
-                    model, x, y, group[0], threat, generator, best, best_norm, any_error=True
-                )
-                continue
-            xs, ys, ts, rows = stack_targets(x, y, idx, group)
-            m = len(group)
-            b, bn = best[idx].repeat(m, *([1] * (x.ndim - 1))), best_norm[idx].repeat(m)
-            self._restarts(model, xs, ys, ts, threat, generator, b, bn, any_error=True, rows=rows)
-            size, pick = bn.view(m, -1).min(0)  # per point, the smallest over the group
-            better = size < best_norm[idx]
-            chosen = b.view(m, idx.numel(), *x.shape[1:])[pick, torch.arange(idx.numel())]
-            best[idx] = torch.where(better.view(-1, *([1] * (x.ndim - 1))), chosen, best[idx])
-            best_norm[idx] = torch.minimum(size, best_norm[idx])
+        for t in runner_up_targets(model, x, y, self.target_classes):
+            self._restarts(model, x, y, t, threat, generator, best, best_norm, any_error=True)
         return best
