@@ -322,11 +322,15 @@ def load_config(path: str | Path) -> AuditConfig:
 
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             f"cannot read audit config {p}: {exc.strerror or exc}; write one with "
             "`aegis audit --example audit.yaml`"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {exc.start}); an audit config is a YAML file"
         ) from None
     try:
         raw = yaml.safe_load(text)
