@@ -8,14 +8,16 @@ same first N test points by the same aegis attack: APGD-CE (100 steps) followed 
 Pairs (aegis ↔ ART):
   pgd-at  ↔ AdversarialTrainerMadryPGD        (10-step PGD, step 2.5·ε/10 for both)
   trades  ↔ AdversarialTrainerTRADESPyTorch   (β = 6; ART crafts with its CE PGD, 10 steps)
-  fast-at ↔ AdversarialTrainerFBFPyTorch      (FGSM from a random start, step 1.25·ε)
+  fast-at ↔ AdversarialTrainerFBFPyTorch      (FGSM from a random start; step 1.0·ε in
+                                               aegis' MNIST recipe, 1.25·ε in ART's FBF)
   mart    ↔ (no ART counterpart)
 
 aegis trains with its recipe (Adam, one-cycle LR peaking at 2e-3, ε ramped over the first 40%
 of the steps; fast-at: SGD with momentum 0.9 and weight decay 5e-4, one-cycle peak 0.2, full ε
 from the start, since with Adam it overfitted catastrophically); ART's trainers
 with theirs: Adam at a constant 2e-3 for Madry and TRADES, and SGD (momentum 0.9) for FBF,
-whose own schedule sets the LR (a triangle peaking at 0.21).
+whose own schedule sets the LR (a triangle peaking at 0.21; FBF also clips the gradient norm
+to 0.5, and, since ART's loss_gradient leaves the model in eval mode, trains without dropout).
 Wall time is the training only (not the evaluation). Run by hand, one thread:
 
     .venv/bin/python bench/bench_training.py [--epochs 10] [--aegis-epochs 10] [--n 500] \
