@@ -104,6 +104,28 @@ def test_model_file_and_sidecar(defense: str, trained: dict[str, TrainResult]) -
     assert not checkpoint_path(result.model_path).exists()  # deleted after success
 
 
+def test_recipe_defense_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe's per-defense hyper-parameter is the default; defense_params still win."""
+    assert RECIPES["mnist"].params_for("fast-at") == {"step_ratio": 1.0}
+    assert RECIPES["mnist"].params_for("trades") == {} == RECIPES["digits"].params_for("fast-at")
+    recipe = train_mod.Recipe(
+        **{**RECIPES["digits"].__dict__, "defense_defaults": (("fast-at", "step_ratio", 0.5),)}
+    )
+    monkeypatch.setitem(train_mod.RECIPES, "digits", recipe)
+    for given, expected in (({}, 0.5), ({"step_ratio": 2.0}, 2.0), ({"step_ratio": None}, 0.5)):
+        result = train_reference(
+            "digits",
+            out_dir=tmp_path / str(expected),
+            defense="fast-at",
+            eps=EPS,
+            defense_params=given,
+            **{**COMMON, "eval_steps": 1},
+        )
+        meta = json.loads(result.sidecar_path.read_text())
+        assert meta["defense"]["params"] == {"step_ratio": expected}
+        assert meta["training"]["defense_params"] == {"step_ratio": expected}
+
+
 @pytest.mark.parametrize("defense", DEFENSES)
 def test_same_seed_same_weights(
     defense: str, trained: dict[str, TrainResult], tmp_path: Path

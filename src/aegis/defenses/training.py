@@ -14,7 +14,8 @@ Registered defenses (``aegis train --defense NAME``):
 pgd-at     Madry et al. 2018 — CE on PGD examples (uniform random start, steps from the recipe)
 trades     Zhang et al. 2019 — CE(f(x), y) + β·KL(f(x) ‖ f(x')), x' from PGD on the KL term
            started at x + 0.001·N(0, 1); β = 6
-fast-at    Wong et al. 2020 — CE on FGSM from a uniform random start in [−ε, ε], step 1.25·ε,
+fast-at    Wong et al. 2020 — CE on FGSM from a uniform random start in [−ε, ε], step
+           step_ratio·ε (1.25, the paper's; the MNIST recipe of aegis.zoo.train uses 1.0),
            projected: one input gradient per batch
 mart       Wang et al. 2020 — BCE(f(x'), y) + λ·KL(f(x) ‖ f(x'))·(1 − p_y(x)) on PGD examples,
            with BCE = −log p_y(x') − log(1 − max_{k≠y} p_k(x')); λ = 6
