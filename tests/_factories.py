@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -29,3 +31,20 @@ def make_mlp() -> nn.Module:
 
 def not_a_module() -> int:
     return 3
+
+
+def attack_argv(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """``aegis attack`` on the tiny TorchScript model and its .npy inputs (8×8 digits-like
+    images), writing to ``out``; ``extra`` adds options."""
+    return [
+        "attack",
+        str(files["model"]),
+        str(files["x"]),
+        "--labels",
+        str(files["y"]),
+        "--input-shape",
+        "1,8,8",
+        "--out",
+        str(out),
+        *extra,
+    ]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _factories import attack_argv
 
 from aegis.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK
 
@@ -27,25 +28,10 @@ def files(tmp_path_factory, tiny_net, data) -> dict[str, Path]:
     return {"dir": d, "model": model, "x": d / "attack_dataset.npy", "y": d / "labels.npy"}
 
 
-def base(files, out: Path, *extra: str) -> list[str]:
-    return [
-        "attack",
-        str(files["model"]),
-        str(files["x"]),
-        "--labels",
-        str(files["y"]),
-        "--input-shape",
-        "1,8,8",
-        "--out",
-        str(out),
-        *extra,
-    ]
-
-
 def test_targeted_scenario_end_to_end(files, cli, tmp_path) -> None:
     out = tmp_path / "run"
     code, text, err = cli(
-        *base(
+        *attack_argv(
             files,
             out,
             "--attack",
@@ -77,7 +63,7 @@ def test_targeted_scenario_end_to_end(files, cli, tmp_path) -> None:
 
 
 def test_gate_exit_code(files, cli, tmp_path) -> None:
-    args = base(
+    args = attack_argv(
         files,
         tmp_path / "g",
         "--eps",
@@ -91,7 +77,7 @@ def test_gate_exit_code(files, cli, tmp_path) -> None:
     code, text, _ = cli(*args)
     assert code == EXIT_GATE and "SUCCEEDS" in text
     code, text, _ = cli(
-        *base(
+        *attack_argv(
             files,
             tmp_path / "h",
             "--eps",
@@ -109,7 +95,9 @@ def test_gate_exit_code(files, cli, tmp_path) -> None:
 def test_untargeted_l2_and_l1(files, cli, tmp_path) -> None:
     for norm, eps in (("l2", "2"), ("l1", "10")):
         code, text, err = cli(
-            *base(files, tmp_path / norm, "--norm", norm, "--eps", eps, "--attack", "mifgsm"),
+            *attack_argv(
+                files, tmp_path / norm, "--norm", norm, "--eps", eps, "--attack", "mifgsm"
+            ),
         )
         assert code == EXIT_OK, err
         assert "success rate" in text
@@ -218,7 +206,7 @@ def test_help_reads_like_a_manual(cli) -> None:
 def test_entry_point_subprocess(files, tmp_path) -> None:
     exe = Path(sys.executable).with_name("aegis")
     proc = subprocess.run(
-        [str(exe), *base(files, tmp_path / "sub", "--attack", "fgsm", "--eps", "0.1")],
+        [str(exe), *attack_argv(files, tmp_path / "sub", "--attack", "fgsm", "--eps", "0.1")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -229,7 +217,9 @@ def test_entry_point_subprocess(files, tmp_path) -> None:
 
 def test_ensemble_on_the_command_line(files, cli, tmp_path) -> None:
     out = tmp_path / "ens"
-    code, _, err = cli(*base(files, out, "--attack", "fgsm,pgd", "--eps", "0.3", "--steps", "10"))
+    code, _, err = cli(
+        *attack_argv(files, out, "--attack", "fgsm,pgd", "--eps", "0.3", "--steps", "10")
+    )
     assert code == EXIT_OK, err
     res = json.loads((out / "results.json").read_text())
     assert [m["name"] for m in res["config"]["attack"]["members"]] == ["fgsm", "pgd"]
@@ -240,7 +230,7 @@ def test_ensemble_on_the_command_line(files, cli, tmp_path) -> None:
 def test_eps_sweep_and_params(files, cli, tmp_path) -> None:
     out = tmp_path / "sweep"
     code, text, err = cli(
-        *base(files, out, "--attack", "pgd", "--eps", "0.3,0.05,0.15", "-p", "steps=8")
+        *attack_argv(files, out, "--attack", "pgd", "--eps", "0.3,0.05,0.15", "-p", "steps=8")
     )
     assert code == EXIT_OK, err
     res = json.loads((out / "results.json").read_text())

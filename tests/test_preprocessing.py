@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -300,17 +299,6 @@ def test_sanity_with_defended_models(digits_model) -> None:
 # -- CLI --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, tiny_net, data) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("cli-prep")
-    x, y = data
-    model = d / "tiny.pt"
-    torch.jit.save(torch.jit.trace(tiny_net, x[:2]), str(model))
-    np.save(d / "x.npy", x.numpy())
-    np.save(d / "y.npy", y.numpy())
-    return {"model": model, "x": d / "x.npy", "y": d / "y.npy"}
-
-
 def _cmd(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return [
         "attack",
@@ -328,9 +316,9 @@ def _cmd(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_cli_preprocess_end_to_end(files, cli, tmp_path) -> None:
+def test_cli_preprocess_end_to_end(tiny_files, cli, tmp_path) -> None:
     out = tmp_path / "run"
-    args = _cmd(files, out, "--eps", "0.4", "--preprocess", "bit-depth:bits=2", "--naive")
+    args = _cmd(tiny_files, out, "--eps", "0.4", "--preprocess", "bit-depth:bits=2", "--naive")
     code, text, err = cli(*args, "--preprocess", "median:size=3")
     assert code == EXIT_OK, err
     text = " ".join(text.split())  # undo the console's line wrapping
@@ -345,10 +333,10 @@ def test_cli_preprocess_end_to_end(files, cli, tmp_path) -> None:
     assert res["model"]["preprocess"] == d["preprocess"]
 
 
-def test_cli_noise_eot_and_listing(files, cli, tmp_path) -> None:
+def test_cli_noise_eot_and_listing(tiny_files, cli, tmp_path) -> None:
     out = tmp_path / "noise"
     code, text, err = cli(
-        *_cmd(files, out, "--preprocess", "gaussian-noise:sigma=0.05", "--eot-samples", "3")
+        *_cmd(tiny_files, out, "--preprocess", "gaussian-noise:sigma=0.05", "--eot-samples", "3")
     )
     assert code == EXIT_OK, err
     text = " ".join(text.split())
@@ -356,16 +344,16 @@ def test_cli_noise_eot_and_listing(files, cli, tmp_path) -> None:
     assert "sanity: randomized" in text and "EOT in use" in text
     res = json.loads((out / "results.json").read_text())
     assert res["defense"]["eot"]["samples"] == 3
-    code, text, _ = cli(*_cmd(files, tmp_path / "n", "--preprocess", "jpeg", "--no-adaptive"))
+    code, text, _ = cli(*_cmd(tiny_files, tmp_path / "n", "--preprocess", "jpeg", "--no-adaptive"))
     assert code == EXIT_OK and "NAIVE (no BPDA/EOT" in " ".join(text.split())
     code, text, _ = cli("defenses")
     assert code == EXIT_OK
     assert all(name in text for name in ("jpeg", "bit-depth", "median", "BPDA", "EOT"))
 
 
-def test_cli_preprocess_errors(files, cli, tmp_path) -> None:
-    code, _, err = cli(*_cmd(files, tmp_path / "e", "--preprocess", "jpg"))
+def test_cli_preprocess_errors(tiny_files, cli, tmp_path) -> None:
+    code, _, err = cli(*_cmd(tiny_files, tmp_path / "e", "--preprocess", "jpg"))
     assert code == EXIT_ERROR
     assert err.strip().count("\n") == 0 and "did you mean 'jpeg'" in err
-    code, _, err = cli(*_cmd(files, tmp_path / "f", "--naive"))
+    code, _, err = cli(*_cmd(tiny_files, tmp_path / "f", "--naive"))
     assert code == EXIT_ERROR and "--preprocess" in err

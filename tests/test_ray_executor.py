@@ -18,6 +18,7 @@ import pytest
 import ray
 import torch
 import yaml
+from _factories import attack_argv
 from conftest import CLASSES, SHAPE, synthetic
 
 from aegis.attacks.pgd import PGD
@@ -128,11 +129,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_net: torch.nn.Module) -
 
 
 def _attack_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "attack", str(files["model"]), str(files["x"]), "--labels", str(files["y"]),
-        "--input-shape", "1,8,8", "--steps", "10", "--batch-size", "8", "--out", str(out),
-        *extra,
-    ]  # fmt: skip
+    return attack_argv(files, out, "--steps", "10", "--batch-size", "8", *extra)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from _factories import attack_argv
 from mlflow.tracking import MlflowClient  # the dev extra installs MLflow: no skipping
 
 import aegis
@@ -41,22 +42,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _attack(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "attack",
-        str(files["model"]),
-        str(files["x"]),
-        "--labels",
-        str(files["y"]),
-        "--input-shape",
-        "1,8,8",
-        "--eps",
-        "0.1,0.3",
-        "--steps",
-        "5",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return attack_argv(files, out, "--eps", "0.1,0.3", "--steps", "5", *extra)
 
 
 def _runs(run_dir: Path) -> list[dict[str, Any]]:
