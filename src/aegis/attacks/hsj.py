@@ -71,20 +71,21 @@ class _Oracle:
     def adversarial_for(self, pred: Tensor, idx: Tensor) -> Tensor:
         return pred == self.targets[idx] if self.targets is not None else pred != self.y[idx]
 
+    def _query(self, z: Tensor, idx: Tensor) -> Tensor:
+        """The model's outputs for ``z``, each row counted as a query of point ``idx[i]``."""
+        self.used.index_add_(0, idx, torch.ones_like(idx))
+        return self.model.logits(z, rows=idx)
+
     def labels(self, z: Tensor, idx: Tensor) -> Tensor:
         """Predicted labels of ``z``, each row a query of point ``idx[i]``."""
-        self.used.index_add_(0, idx, torch.ones_like(idx))
-        return self.model.logits(z, rows=idx).argmax(1)
+        return self._query(z, idx).argmax(1)
 
     def ask(self, z: Tensor, idx: Tensor, sizes: Tensor | None = None) -> Tensor:
         """Whether each row of ``z`` is adversarial for its point ``idx[i]`` (``sizes``: the
         rows' perturbation norms, when the caller has them). One query per row; only the
         decision is used (decisive, see ``is_adversarial``)."""
-        self.used.index_add_(0, idx, torch.ones_like(idx))
-        logits = self.model.logits(z, rows=idx)
-        adv = is_adversarial(
-            logits, self.y[idx], None if self.targets is None else self.targets[idx]
-        )
+        goal = None if self.targets is None else self.targets[idx]
+        adv = is_adversarial(self._query(z, idx), self.y[idx], goal)
         self.offer(z, idx, adv, sizes)
         return adv
 

@@ -433,9 +433,10 @@ class DefendedClassifier(Classifier):
         self._draw_seed = seed
 
     def reseed(self, seed: int) -> None:
+        from aegis.engine import batch_seed
+
         # the defense's own seed and the batch's, mixed: either changes every draw
-        mixed = np.random.SeedSequence([self.seed, seed]).generate_state(1, dtype=np.uint64)[0]
-        self._draw_seed = int(mixed >> 1)
+        self._draw_seed = batch_seed(self.seed, seed)
         self._generators.clear()
 
     @property

@@ -53,6 +53,7 @@ from aegis.defenses.training import (
 )
 from aegis.errors import ConfigError, DataError, ModelError
 from aegis.io.data import BUILTINS, load_dataset
+from aegis.io.digest import file_sha256
 from aegis.io.sidecar import METADATA_KEYS, read_sidecar, write_sidecar
 from aegis.model import Classifier, ModelInfo
 from aegis.progress import progress_bar
@@ -478,15 +479,7 @@ def _fit(
     clf, resumed, seconds_before, train_seconds = _train_loop(
         module, info, x, y, params, strategy, ckpt_path, resume=resume, progress=progress
     )
-    test_acc, robust_acc, robust_eval = _evaluate(clf, params)
-    noisy = None
-    if params.get("noise_sigma") is not None:
-        xt, yt = load_dataset(params["dataset"], split="test").tensors()
-        if yt is None:
-            raise ConfigError(f"dataset {params['dataset']} has no test labels")
-        gen = torch.Generator().manual_seed(params["seed"] + 2)
-        noise = params["noise_sigma"] * torch.randn(xt.shape, generator=gen)
-        noisy = float((clf.predict(xt + noise) == yt).float().mean())
+    test_acc, noisy, robust_acc, robust_eval = _evaluate(clf, params)
     return _Fit(test_acc, robust_acc, robust_eval, resumed, seconds_before, train_seconds, noisy)
 
 
@@ -820,15 +813,22 @@ def random_shift(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
 
 def _evaluate(
     clf: Classifier, params: dict[str, Any]
-) -> tuple[float, float | None, dict[str, object] | None]:
+) -> tuple[float, float | None, float | None, dict[str, object] | None]:
+    """Test accuracy; under the training noise (noise_sigma models); PGD robust accuracy and
+    its settings (adversarially trained models)."""
     test = load_dataset(params["dataset"], split="test")
     x, y = test.tensors()
     if y is None:
         raise ConfigError(f"dataset {params['dataset']} has no test labels")
     clean = clf.predict(x) == y
     test_acc = float(clean.float().mean())
+    noisy = None
+    if params.get("noise_sigma") is not None:
+        gen = torch.Generator().manual_seed(params["seed"] + 2)
+        noise = params["noise_sigma"] * torch.randn(x.shape, generator=gen)
+        noisy = float((clf.predict(x + noise) == y).float().mean())
     if not params["adversarial"]:
-        return test_acc, None, None
+        return test_acc, noisy, None, None
     module = clf.module
     if not isinstance(module, nn.Module):
         raise ModelError("the trained classifier lost its module")
@@ -856,7 +856,7 @@ def _evaluate(
         "n": len(test),
         "seed": params["seed"] + 2,
     }
-    return test_acc, robust_acc, evaluation
+    return test_acc, noisy, robust_acc, evaluation
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -873,15 +873,7 @@ def _save_weights(module: nn.Module, path: Path, params: dict[str, Any]) -> str:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return _sha256(path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _reuse(model_path: Path, side_path: Path, params: dict[str, Any]) -> TrainResult | None:
@@ -891,7 +883,7 @@ def _reuse(model_path: Path, side_path: Path, params: dict[str, Any]) -> TrainRe
         meta = read_sidecar(model_path)
     except ModelError:
         return None
-    if meta.get("training") != params or meta.get("sha256") != _sha256(model_path):
+    if meta.get("training") != params or meta.get("sha256") != file_sha256(model_path):
         return None
     test_acc = meta.get("test_accuracy")
     robust = meta.get("robust_accuracy")
