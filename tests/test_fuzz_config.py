@@ -112,3 +112,16 @@ def test_random_values_at_random_places(where: int, key: str, value: Any, replac
     except yaml.YAMLError:
         return
     _one_line_or_config(lambda: parse_config(yaml.safe_load(text)))
+
+
+def test_a_key_with_a_newline_is_named_on_one_line() -> None:
+    """Found by the fuzzer: the unknown key itself carried the newline into the message."""
+    for key in ("\n", "", " padded", "tab\there"):
+        raw = {**VALID, "evaluations": [{"type": "attack", "require": {key: None}}]}
+        try:
+            parse_config(raw)
+        except ConfigError as exc:
+            text = str(exc)
+            assert "\n" not in text and repr(key) in text, text
+        else:
+            raise AssertionError(f"key {key!r} was accepted")

@@ -270,7 +270,8 @@ def _where(loc: tuple[int | str, ...], raw: Any) -> str:
     for part in parts:
         if isinstance(part, int) and not isinstance(node, list):
             break
-        kept.append(str(part))
+        plain = isinstance(part, int) or (part.isprintable() and part.strip() == part != "")
+        kept.append(str(part) if plain else repr(part))  # a key with a newline stays one line
         try:
             node = node[part]
         except (KeyError, IndexError, TypeError):
