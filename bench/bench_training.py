@@ -12,9 +12,9 @@ Pairs (aegis ↔ ART):
                                                aegis' MNIST recipe, 1.25·ε in ART's FBF)
   mart    ↔ (no ART counterpart)
 
-aegis trains with its recipe (Adam, one-cycle LR peaking at 2e-3, ε ramped over the first 40%
-of the steps; fast-at: SGD with momentum 0.9 and weight decay 5e-4, one-cycle peak 0.2, full ε
-from the start, since with Adam it overfitted catastrophically); ART's trainers
+aegis trains with its recipe (Adam, one-cycle LR peaking at 2e-3, 6e-3 for trades, ε ramped over
+the first 40% of the steps; fast-at: SGD with momentum 0.9 and weight decay 5e-4, one-cycle peak
+0.2, full ε from the start, since with Adam it overfitted catastrophically); ART's trainers
 with theirs: Adam at a constant 2e-3 for Madry and TRADES, and SGD (momentum 0.9) for FBF,
 whose own schedule sets the LR (a triangle peaking at 0.21; FBF also clips the gradient norm
 to 0.5, and, since ART's loss_gradient leaves the model in eval mode, trains without dropout).
