@@ -3,7 +3,8 @@
 Each trainer fits ``aegis.zoo.architectures.mnist_cnn`` on the built-in MNIST train split (the
 trainer's 4,000 images) at ε = 0.3 L∞ with batch size 64, then every model is scored on the
 same first N test points by the same aegis attack: APGD-CE (100 steps) followed by APGD-T
-(100 steps × 9 target classes) on the points APGD-CE did not break — per-sample worst case.
+(100 steps × 9 target classes) on the points APGD-CE did not break — per-sample worst case;
+``--suite standard`` adds FAB-T and Square (AutoAttack's standard suite, about 4× the time).
 
 Pairs (aegis ↔ ART):
   pgd-at  ↔ AdversarialTrainerMadryPGD        (10-step PGD, step 2.5·ε/10 for both)
@@ -13,11 +14,12 @@ Pairs (aegis ↔ ART):
   mart    ↔ (no ART counterpart)
 
 aegis trains with its recipe (Adam, one-cycle LR peaking at 2e-3, 6e-3 for trades, ε ramped over
-the first 40% of the steps; fast-at: SGD with momentum 0.9 and weight decay 5e-4, one-cycle peak
-0.2, full ε from the start, since with Adam it overfitted catastrophically); ART's trainers
-with theirs: Adam at a constant 2e-3 for Madry and TRADES, and SGD (momentum 0.9) for FBF,
-whose own schedule sets the LR (a triangle peaking at 0.21; FBF also clips the gradient norm
-to 0.5, and, since ART's loss_gradient leaves the model in eval mode, trains without dropout).
+the first 40% of the steps; fast-at: SGD with momentum 0.9 and no weight decay, one-cycle
+peak 0.2, full ε from the start and no dropout, since with Adam it overfitted catastrophically);
+ART's trainers with theirs: Adam at a constant 2e-3 for Madry and TRADES, and SGD (momentum
+0.9) for FBF, whose own schedule sets the LR (a triangle peaking at 0.21; FBF also clips the
+gradient norm to 0.5, and, since ART's loss_gradient leaves the model in eval mode, trains
+without dropout).
 Wall time is the training only (not the evaluation). Run by hand, one thread:
 
     .venv/bin/python bench/bench_training.py [--epochs 10] [--aegis-epochs 10] [--n 500] \
@@ -50,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aegis.attacks.ensembles import STANDARD
 from aegis.engine import evaluate
 from aegis.io.data import load_dataset
 from aegis.model import Classifier, ModelInfo
@@ -62,8 +65,18 @@ EPS, BATCH, LR, STEPS = 0.3, 64, 2e-3, 10
 ART_PEER = {"pgd-at": "art-madry-pgd", "trades": "art-trades", "fast-at": "art-fbf"}
 
 
-def robust_eval(clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    attacks = [create("apgd-ce", steps=100), create("apgd-t", steps=100)]
+SUITES = {
+    # APGD-CE then APGD-T: the default, for time
+    "apgd": (("apgd-ce", {"steps": 100}), ("apgd-t", {"steps": 100})),
+    # AutoAttack's standard suite with its budgets (adds FAB-T and Square; ~4x the time)
+    "standard": STANDARD.members["linf"],
+}
+
+
+def robust_eval(
+    clf: Classifier, x: torch.Tensor, y: torch.Tensor, suite: str = "apgd"
+) -> dict[str, float]:
+    attacks = [create(name, **kw) for name, kw in SUITES[suite]]
     t0 = time.perf_counter()
     ev = evaluate(clf, x, y, attacks, ThreatModel("linf", EPS), seed=0)
     rec = ev.records
@@ -186,6 +199,12 @@ def main() -> None:
     ap.add_argument("--defenses", default="fast-at,trades,pgd-at,mart")
     ap.add_argument("--peers", default="art", help="'art' to train ART's counterparts, 'none'")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_training"))
+    ap.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default="apgd",
+        help="the scoring attack: apgd (APGD-CE then APGD-T) or standard (+ FAB-T and Square)",
+    )
     args = ap.parse_args()
     aegis_epochs = args.aegis_epochs if args.aegis_epochs is not None else args.epochs
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -204,7 +223,8 @@ def main() -> None:
         name: str, clf: Classifier, seconds: float, *, seed: int, epochs: int, load: float
     ) -> None:
         load_after = load_average()
-        row = {"trainer": name, "seed": seed, "train_seconds": seconds, **robust_eval(clf, x, y)}
+        row = {"trainer": name, "seed": seed, "train_seconds": seconds}
+        row.update(robust_eval(clf, x, y, args.suite), suite=args.suite)
         row.update(
             epochs=epochs,
             art_epochs=args.epochs,
@@ -239,7 +259,8 @@ def main() -> None:
     print(
         f"\nMNIST 4,000 train / first {args.n} test, eps {EPS} linf, aegis {aegis_epochs} "
         f"epochs, ART {args.epochs} epochs, seeds {args.seeds}, "
-        "APGD-CE-100 then APGD-T-100x9 (per-sample worst case), 1 thread; medians over seeds"
+        f"suite {args.suite}: {' then '.join(n for n, _ in SUITES[args.suite])} (per-sample "
+        "worst case), 1 thread; medians over seeds"
     )
     print(f"{'trainer':16s} {'robust':>7s} {'clean':>7s} {'seconds':>8s}")
     for name, group in rows.items():

@@ -126,6 +126,93 @@ def test_recipe_defense_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert meta["training"]["defense_params"] == {"step_ratio": expected}
 
 
+def test_triangle_schedule() -> None:
+    """Linear from 0 up to the peak at 40% of the steps, then linear back down to 0."""
+    factor = train_mod._triangle(10)
+    assert [round(factor(s), 6) for s in range(10)] == [
+        0.25, 0.5, 0.75, 1.0, 0.833333, 0.666667, 0.5, 0.333333, 0.166667, 0.0
+    ]  # fmt: skip
+
+
+def test_recipe_train_settings(
+    trained: dict[str, TrainResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipe's loop settings (schedule, weight decay, dropout, gradient clip) reach the
+    optimizer, the model and the sidecar, resume exactly, and are absent where unset (so
+    older models keep their hash)."""
+    settings = {"schedule": "triangle", "weight_decay": 0.0, "dropout": 0.0, "grad_clip": 0.5}
+    recipe = train_mod.Recipe(
+        **{
+            **RECIPES["digits"].__dict__,
+            "defense_train": tuple(("fast-at", k, v) for k, v in settings.items()),
+            "defense_optimizer": (("fast-at", "sgd"),),
+            "defense_lr": (("fast-at", 0.05),),
+        }
+    )
+    monkeypatch.setitem(train_mod.RECIPES, "digits", recipe)
+    seen: dict[str, Any] = {}
+    real_sched = train_mod._scheduler
+
+    def spy(opt: torch.optim.Optimizer, *args: Any) -> Any:
+        seen.update(opt.param_groups[0], schedule=args[0])
+        return real_sched(opt, *args)
+
+    monkeypatch.setattr(train_mod, "_scheduler", spy)
+    kwargs: dict[str, Any] = {**COMMON, "epochs": 2, "eval_steps": 1, "defense": "fast-at"}
+    full = train_reference("digits", out_dir=tmp_path / "full", eps=EPS, **kwargs)
+    assert seen["schedule"] == "triangle" and seen["weight_decay"] == 0.0
+    assert seen["momentum"] == 0.9
+    training = json.loads(full.sidecar_path.read_text())["training"]
+    assert {k: training[k] for k in ("schedule", "weight_decay", "grad_clip")} == {
+        "schedule": "triangle",
+        "weight_decay": 0.0,
+        "grad_clip": 0.5,
+    }
+    assert training["factory_kwargs"] == {"dropout": 0.0}
+    dropouts = [
+        m for m in load_reference(full.model_path).module.modules() if isinstance(m, nn.Dropout)
+    ]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
+
+    real_save = train_mod._save_checkpoint
+
+    def save_then_die(path: Path, state: dict[str, Any]) -> None:
+        real_save(path, state)
+        raise _Interrupted  # killed right after epoch 1
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
+    with pytest.raises(_Interrupted):
+        train_reference("digits", out_dir=tmp_path / "cut", eps=EPS, **kwargs)
+    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
+    resumed = train_reference("digits", out_dir=tmp_path / "cut", eps=EPS, **kwargs)
+    assert resumed.resumed_from_epoch == 1
+    assert resumed.model_path.read_bytes() == full.model_path.read_bytes()
+
+    plain = json.loads(trained["fast-at"].sidecar_path.read_text())["training"]  # no settings
+    assert not {"grad_clip", "weight_decay"} & plain.keys() and plain["factory_kwargs"] == {}
+    assert plain["schedule"] == "onecycle"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (("schedule", "cosine"), "schedule must be one of"),
+        (("grad_clip", -1.0), "grad_clip must be > 0"),
+        (("weight_decay", -0.1), "weight_decay must be >= 0"),
+        (("momentum", 0.5), "unknown training setting 'momentum'"),
+    ],
+)
+def test_bad_recipe_train_settings(
+    setting: tuple[str, Any], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = train_mod.Recipe(
+        **{**RECIPES["digits"].__dict__, "defense_train": (("fast-at", *setting),)}
+    )
+    monkeypatch.setitem(train_mod.RECIPES, "digits", recipe)
+    with pytest.raises(ConfigError, match=message):
+        train_reference("digits", out_dir=tmp_path, defense="fast-at", eps=EPS, **COMMON)
+
+
 @pytest.mark.parametrize("defense", DEFENSES)
 def test_same_seed_same_weights(
     defense: str, trained: dict[str, TrainResult], tmp_path: Path
@@ -290,6 +377,8 @@ def test_registry_metadata() -> None:
     # Fast-AT on MNIST takes Wong et al.'s peak LR; PGD-AT keeps the earlier recipe's.
     assert RECIPES["mnist"].lr_for("fast-at") == 0.2
     assert RECIPES["mnist"].lr_for("trades") == 6e-3  # chosen on held-out test points
+    assert RECIPES["mnist"].train_for("fast-at") == {"weight_decay": 0.0, "dropout": 0.0}
+    assert RECIPES["mnist"].train_for("trades") == {} == RECIPES["digits"].train_for("fast-at")
     assert RECIPES["mnist"].optimizer_for("fast-at") == "sgd"
     assert RECIPES["mnist"].ramp_for("fast-at") == 0.0
     assert RECIPES["mnist"].lr_for("pgd-at") == RECIPES["mnist"].lr_for(None) == 2e-3
