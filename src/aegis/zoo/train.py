@@ -124,7 +124,7 @@ RECIPES: dict[str, Recipe] = {
     # benchmark's first 200, where ART's FBF reached 0.540 (docs/benchmarks.md). On points
     # 200-399, no weight decay and no dropout (as ART's FBF trains) raised the median from
     # 0.400 to 0.475 (FBF 0.480); each alone gave 0.465, a gradient-norm clip of 0.5 0.270,
-    # and the triangle schedule of Wong et al. 0.410-0.425 with or without them.
+    # and the triangle schedule of Wong et al. 0.320-0.425 with or without them.
     # TRADES on MNIST: Adam's one-cycle peak of 2e-3 left 5 epochs at 0.42 (median of seeds
     # 0-2, APGD-CE + APGD-T, held-out test points 200-399) against ART's TRADES at 0.51; a
     # peak of 4e-3 gave 0.61 and 6e-3 0.65 (8e-3: 0.70 / 0.68 on seeds 0-1, clean 0.90). The
