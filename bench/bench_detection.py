@@ -25,7 +25,7 @@ import time
 import torch
 from torch import Tensor, nn
 
-from aegis.defenses.detection import FeatureSqueezing, evaluate_detector
+from aegis.defenses.detection import FeatureSqueezing, FittedDetector, evaluate_detector
 from aegis.io.data import load_dataset
 from aegis.metrics import threshold_at_fpr
 from aegis.model import Classifier
@@ -37,14 +37,16 @@ from aegis.zoo.train import load_reference
 class _Combined(nn.Module):
     """Logits of the model, the true class raised where the detector flags the input."""
 
-    def __init__(self, detector: object, threshold: float, weight: float, slack: float) -> None:
+    def __init__(
+        self, detector: FittedDetector, threshold: float, weight: float, slack: float
+    ) -> None:
         super().__init__()
         self.detector, self.threshold, self.weight, self.slack = detector, threshold, weight, slack
         self.labels: Tensor | None = None  # the labels of the rows being queried
 
     def forward(self, x: Tensor) -> Tensor:
         assert self.labels is not None
-        logits, score = self.detector.logits_and_score(x)  # type: ignore[attr-defined]
+        logits, score = self.detector.logits_and_score(x)
         bump = self.weight * torch.relu(score - self.threshold + self.slack)
         return logits + bump[:, None] * nn.functional.one_hot(self.labels, logits.shape[1])
 

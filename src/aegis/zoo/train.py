@@ -551,7 +551,6 @@ def _train_loop(
     total = epochs * batches
     shuffle = torch.Generator().manual_seed(seed)
     attack_gen = torch.Generator().manual_seed(seed + 1)
-    sgd = params["optimizer"] == "sgd"
     opt: torch.optim.Optimizer = (
         torch.optim.SGD(
             module.parameters(),
@@ -559,7 +558,7 @@ def _train_loop(
             momentum=0.9,
             weight_decay=params.get("weight_decay", SGD_WEIGHT_DECAY),
         )
-        if sgd
+        if params["optimizer"] == "sgd"
         else torch.optim.Adam(
             module.parameters(), lr=params["lr"], weight_decay=params.get("weight_decay", 0.0)
         )
@@ -661,7 +660,7 @@ def _triangle(total: int) -> Callable[[int], float]:
 
     def factor(s: int) -> float:
         t = min(1.0, (s + 1) / total)
-        return t / peak if t <= peak else max(0.0, (1.0 - t) / (1.0 - peak))
+        return t / peak if t <= peak else (1.0 - t) / (1.0 - peak)
 
     return factor
 
