@@ -20,11 +20,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(AEGIS) train --dataset mnist --out $(MODELS)
 	$(AEGIS) attack $(MODELS)/mnist_cnn.safetensors mnist --attack pgd --norm linf --eps 0.3 \
-		--step-size 0.01 --steps 100 --target 5 --success-threshold 0.9 --out $(RUNS)/demo-targeted
+		--step-size 0.01 --steps 100 --target 5 --success-threshold 0.9 --overwrite \
+		--out $(RUNS)/demo-targeted
 	$(AEGIS) attack $(MODELS)/mnist_cnn.safetensors mnist --attack pgd --norm linf --eps 0.3 \
-		--step-size 0.01 --steps 100 --success-threshold 0.9 --out $(RUNS)/demo-untargeted
+		--step-size 0.01 --steps 100 --success-threshold 0.9 --overwrite \
+		--out $(RUNS)/demo-untargeted
 	$(AEGIS) attack $(MODELS)/mnist_cnn.safetensors mnist --attack fmn --norm l2 --limit 200 \
-		--out $(RUNS)/demo-minimal-l2
+		--overwrite --out $(RUNS)/demo-minimal-l2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -48,3 +48,27 @@ def attack_argv(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
         str(out),
         *extra,
     ]
+
+
+def hardmax_onnx(path: Path, seed: int = 0) -> None:
+    """A query-only ONNX graph (Hardmax has no differentiable converter): a flat input of 16
+    values (1×4×4) → MatMul → scores + Hardmax(scores), 4 classes; weights drawn from ``seed``."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).normal(size=(16, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["z"]),
+        helper.make_node("Hardmax", ["z"], ["h"], axis=-1),
+        helper.make_node("Add", ["z", "h"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hardmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    opset = [helper.make_opsetid("", 13)]
+    onnx.save(helper.make_model(graph, opset_imports=opset, ir_version=8), str(path))

@@ -243,7 +243,7 @@ def test_impossible_parameters(name, params, message) -> None:
 
 
 def test_negative_eps() -> None:
-    with pytest.raises(ConfigError, match="eps must be >= 0"):
+    with pytest.raises(ConfigError, match="eps must be a number >= 0"):
         ThreatModel("linf", -0.1)
 
 

@@ -171,9 +171,11 @@ def test_resume_runs_again_what_changed(
     sweep = json.loads((out / "1-attack-tiny" / "results.json").read_text())
     assert sweep["config"]["threat"]["eps"] == 0.1
 
-    # without --resume everything runs again
+    # without --resume the finished audit is kept; with --overwrite everything runs again
     spy.calls.clear()
     code, out_text, err = cli("audit", str(changed), "--out", str(out))
+    assert code == EXIT_ERROR and "--overwrite" in err and not spy.calls  # nothing lost
+    code, out_text, err = cli("audit", str(changed), "--out", str(out), "--overwrite")
     assert code == EXIT_OK, err
     assert len(spy.calls) == 2 and "resumed" not in out_text
 

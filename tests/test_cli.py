@@ -12,7 +12,7 @@ import pytest
 import torch
 from _factories import attack_argv
 
-from aegis.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK
+from aegis.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK, EXIT_USAGE
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ BAD = {
     "output-width": "classes",
     "corrupt": "corrupt",
     "unknown-attack": "did you mean 'pgd'",
-    "eps": "eps must be >= 0",
+    "eps": "eps must be a number >= 0",
     "steps": "steps must be >= 1",
     "target": r"target class must be in [0, 2]",
     "threshold": "0.9 for 90%",
@@ -169,10 +169,17 @@ BAD = {
 }
 
 
+USAGE = {
+    "unknown-attack", "eps", "steps", "threshold", "eps-text", "param", "param-unknown",
+    "suite-override",
+}  # fmt: skip
+"""Bad option values: usage errors (exit 2), found before any file is read or written."""
+
+
 @pytest.mark.parametrize("kind", sorted(BAD))
-def test_bad_input_one_line_exit_1_nothing_written(files, cli, tmp_path, kind) -> None:
+def test_bad_input_one_line_exit_1_or_2_nothing_written(files, cli, tmp_path, kind) -> None:
     code, _, err = cli(*_bad(files, tmp_path, kind))
-    assert code == EXIT_ERROR, err
+    assert code == (EXIT_USAGE if kind in USAGE else EXIT_ERROR), err
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and "unexpected" not in lines[0]

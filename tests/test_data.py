@@ -164,7 +164,7 @@ def test_flat_not_square_needs_input_shape(tmp_path: Path) -> None:
 @pytest.mark.parametrize("shape", [(4, 2, 8, 8), (4, 5, 5, 5), (4, 8, 8, 2)])
 def test_ambiguous_layout_asks_for_flag(tmp_path: Path, shape: tuple[int, ...]) -> None:
     path = _save(tmp_path / "x.npy", RNG.random(shape).astype(np.float32))
-    with pytest.raises(DataError, match="--layout"):
+    with pytest.raises(DataError, match="--data-layout NCHW"):
         load_dataset(str(path))
     ds = load_dataset(str(path), layout="NHWC")
     assert ds.input_shape == (shape[3], shape[1], shape[2])

@@ -10,7 +10,7 @@ import torch
 
 from aegis import sanity
 from aegis.api import run_attack
-from aegis.cli import EXIT_ERROR, EXIT_OK
+from aegis.cli import EXIT_OK, EXIT_USAGE
 from aegis.defenses.preprocessing import (
     DEFAULT_EOT_SAMPLES,
     DefendedClassifier,
@@ -353,7 +353,7 @@ def test_cli_noise_eot_and_listing(tiny_files, cli, tmp_path) -> None:
 
 def test_cli_preprocess_errors(tiny_files, cli, tmp_path) -> None:
     code, _, err = cli(*_cmd(tiny_files, tmp_path / "e", "--preprocess", "jpg"))
-    assert code == EXIT_ERROR
+    assert code == EXIT_USAGE  # a bad option value
     assert err.strip().count("\n") == 0 and "did you mean 'jpeg'" in err
     code, _, err = cli(*_cmd(tiny_files, tmp_path / "f", "--naive"))
-    assert code == EXIT_ERROR and "--preprocess" in err
+    assert code == EXIT_USAGE and "--preprocess" in err

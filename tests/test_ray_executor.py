@@ -24,7 +24,7 @@ from conftest import CLASSES, SHAPE, synthetic
 from aegis.attacks.pgd import PGD
 from aegis.audit.command import EXAMPLE
 from aegis.audit.config import parse_config
-from aegis.cli import EXIT_ERROR, EXIT_OK
+from aegis.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from aegis.engine import Batch, BatchWork, Evaluation, Finished, evaluate
 from aegis.errors import AegisError, CapabilityError, ConfigError
 from aegis.executors import LocalExecutor, create_executor
@@ -144,7 +144,7 @@ def test_cli_refuses_bad_executor_options_in_one_line(
     cli: Any, files: dict[str, Path], tmp_path: Path, extra: list[str], message: str
 ) -> None:
     code, _, err = cli(*_attack_args(files, tmp_path / "run", *extra))
-    assert code == EXIT_ERROR and err.startswith(message) and err.count("\n") == 1, err
+    assert code == EXIT_USAGE and err.startswith(message) and err.count("\n") == 1, err
     assert not (tmp_path / "run" / "results.json").exists()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aegis.errors import AegisError
 from aegis.records import Records
 
 SCRIPT = textwrap.dedent(
@@ -118,7 +119,7 @@ def test_a_checkpoint_of_other_settings_is_not_reused(tmp_path: Path) -> None:
 
 def test_attack_cli_resume_needs_out_and_cleans_up(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     code, _, err = cli("attack", "x.pt", "digits", "--resume")
-    assert code == 1 and "--resume needs the --out" in err
+    assert code == 2 and "--resume needs the --out" in err  # a usage error
 
 
 def test_run_attack_keeps_progress_only_until_its_results_are_written(tmp_path: Path) -> None:
@@ -131,7 +132,12 @@ def test_run_attack_keeps_progress_only_until_its_results_are_written(tmp_path: 
     out = tmp_path / "run"
     (out / "progress" / "evaluation-0").mkdir(parents=True)
     (out / "progress" / "evaluation-0" / "stale.npz").write_bytes(b"old")
-    a = run_attack(clf, (x.numpy(), y.numpy()), attack="pgd", eps=0.1, steps=5, out=out)
+    with pytest.raises(AegisError, match="--resume to continue it, or --overwrite"):
+        run_attack(clf, (x.numpy(), y.numpy()), attack="pgd", eps=0.1, steps=5, out=out)
+    assert (out / "progress" / "evaluation-0" / "stale.npz").read_bytes() == b"old"  # kept
+    a = run_attack(
+        clf, (x.numpy(), y.numpy()), attack="pgd", eps=0.1, steps=5, out=out, overwrite=True
+    )
     assert (out / "results.json").is_file() and not (out / "progress").exists()
     b = run_attack(
         clf, (x.numpy(), y.numpy()), attack="pgd", eps=0.1, steps=5, out=out, resume=True

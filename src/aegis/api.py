@@ -19,6 +19,7 @@ from aegis.engine import Evaluation, ProgressFn, evaluate
 from aegis.errors import ConfigError, DataError
 from aegis.executors import Executor, create_executor
 from aegis.io import rundir
+from aegis.io.claim import PROGRESS, claimed
 from aegis.io.data import Dataset, load_dataset
 from aegis.metrics import (
     adversarial_accuracy,
@@ -31,6 +32,7 @@ from aegis.model import Classifier
 from aegis.records import Records
 from aegis.registry import create_all
 from aegis.threat import ThreatModel
+from aegis.workflows.attack_files import gallery, write_attack_run
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +103,14 @@ def load_inputs(
 ) -> tuple[Classifier, Dataset, np.ndarray]:
     """The dataset (its first ``limit`` inputs), the model loaded for it, and the labels
     checked against the model's outputs."""
-    dataset = _as_dataset(data, labels, dict(data_options or {}))
-    if limit is not None:
-        if limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {limit}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {limit}")
+    options = dict(data_options or {})
+    from_file = isinstance(data, (str, Path))
+    if from_file and limit is not None:
+        options["limit"] = limit  # read only the first rows of the file, never all of it
+    dataset = _as_dataset(data, labels, options)
+    if limit is not None and not from_file:
         dataset = dataset.subset(limit)
     clf = _as_classifier(model, dataset, dict(model_options or {}))
     return clf, dataset, check_compatible(clf, dataset)
@@ -120,7 +126,8 @@ def check_compatible(model: Classifier, dataset: Dataset) -> np.ndarray:
         raise DataError(
             f"the data has {what} {shape if what != 'channels' else shape[0]} but the model "
             f"expects {model.input_shape if what != 'channels' else model.input_shape[0]}; "
-            "convert the data or pass --input-shape/--layout"
+            "pass --data-layout NCHW/NHWC if the data file was misread, else --input-shape / "
+            "--layout for the model"
         )
     y = dataset.y
     if y is None:
@@ -135,7 +142,7 @@ def _budgets(eps: float | str | Sequence[float] | None, minimal: bool) -> list[f
     values = [float(eps)] if isinstance(eps, (int, float, str)) else [float(e) for e in eps]
     bad = [e for e in values if not e >= 0]  # also NaN
     if not values or bad:
-        raise ConfigError(f"eps must be >= 0, got {bad[0] if bad else eps!r}")
+        raise ConfigError(f"eps must be a number >= 0 (or inf), got {bad[0] if bad else eps!r}")
     return sorted(set(values))
 
 
@@ -163,6 +170,7 @@ def run_attack(
     eot_samples: int | None = None,
     compare_naive: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     executor: str | Executor = "local",
     workers: int | None = None,
     ray_address: str | None = None,
@@ -193,22 +201,102 @@ def run_attack(
     With ``out``, every finished batch of every evaluation is written atomically under
     ``out/progress/``; ``resume=True`` reads back the batches a killed run finished (same
     model, data and settings) and attacks only the rest, giving the records of an
-    uninterrupted run. The folder is removed once the run's results are written; without
-    ``resume`` a leftover one is discarded and the run starts over.
+    uninterrupted run. The folder is removed once the run's results are written. ``out`` is
+    claimed first (:mod:`aegis.io.claim`): a second run into it stops with one line, and a
+    directory holding an earlier run's checkpoints or results is refused unless ``resume``
+    continues it or ``overwrite`` removes the old run's files first.
 
     ``executor="ray"`` shards the batches over Ray workers (``workers`` of them, default one
     per GPU, else one per CPU; a local Ray instance, or the cluster at ``ray_address``) with
     the records of the local run; ``results["config"]["executor"]`` says which ran. An
     :class:`~aegis.executors.Executor` instance may be passed instead of a name.
     """
+    plan = plan_attack(
+        attack,
+        norm,
+        eps,
+        targets=targets,
+        success_threshold=success_threshold,
+        seed=seed,
+        batch_size=batch_size,
+        attack_misclassified=attack_misclassified,
+        preprocess=preprocess,
+        defended=isinstance(model, DefendedClassifier),
+        adaptive=adaptive,
+        eot_samples=eot_samples,
+        compare_naive=compare_naive,
+        executor=executor,
+        workers=workers,
+        ray_address=ray_address,
+        **attack_params,
+    )
+    loading = (labels, limit, data_options, model_options)
+    if out is None:
+        return _attack(plan, model, data, loading, None, progress, on_loaded)
+    with claimed(Path(out), resume=resume, overwrite=overwrite) as out_dir:
+        return _attack(plan, model, data, loading, out_dir, progress, on_loaded)
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """An attack run's settings, all checked before any file is read or written."""
+
+    attacks: list[Attack]
+    name: str
+    norm: str
+    budgets: list[float]
+    minimal: bool
+    targets: int | np.ndarray | None
+    success_threshold: float | None
+    seed: int
+    batch_size: int | None
+    attack_misclassified: bool
+    preprocess: list[Preprocessor]
+    adaptive: bool
+    eot_samples: int | None
+    compare_naive: bool
+    runner: Executor
+
+    @property
+    def runs(self) -> list[float]:
+        """The evaluations' budgets: the one unbounded run of a minimal-norm attack, else each."""
+        return [math.inf] if self.minimal else self.budgets
+
+
+def plan_attack(
+    attack: str | list[str],
+    norm: str,
+    eps: float | str | Sequence[float] | None,
+    *,
+    targets: int | np.ndarray | None = None,
+    success_threshold: float | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    attack_misclassified: bool = False,
+    preprocess: Sequence[str | Preprocessor] | None = None,
+    defended: bool = False,
+    adaptive: bool = True,
+    eot_samples: int | None = None,
+    compare_naive: bool = False,
+    executor: str | Executor = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    **attack_params: Any,
+) -> AttackPlan:
+    """Check every setting of ``run_attack`` (raising one ConfigError line) and build the
+    attacks; nothing is loaded or written. ``defended``: the model is already behind
+    preprocessing defenses."""
     if success_threshold is not None and not 0 <= success_threshold <= 1:
         raise ConfigError(
             f"success threshold must be a share in [0, 1], got {success_threshold} "
             "(write 0.9 for 90%)"
         )
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     steps = [parse_preprocess(p) for p in preprocess or []]
-    defended = bool(steps) or isinstance(model, DefendedClassifier)
-    if not defended and (compare_naive or not adaptive or eot_samples is not None):
+    if not (steps or defended) and (compare_naive or not adaptive or eot_samples is not None):
         raise ConfigError(
             "--naive, --no-adaptive and --eot-samples change how preprocessing defenses are "
             "attacked; name them with --preprocess (e.g. --preprocess jpeg:quality=75)"
@@ -222,55 +310,126 @@ def run_attack(
     algo = create_all(attack, norm=norm, **attack_params)
     minimal = all(a.minimal for a in algo)
     budgets = _budgets(eps, minimal)
-    ThreatModel(norm, budgets[0])  # validates the norm before anything is loaded
-    clf, dataset, y = load_inputs(model, data, labels, limit, data_options, model_options)
-    if steps:
-        clf = defend(clf, steps, adaptive=adaptive, eot_samples=eot_samples, seed=seed)
+    ThreatModel(norm, budgets[0])  # validates the norm
+    name = attack if isinstance(attack, str) else ",".join(attack)
+    if not minimal and math.isinf(budgets[-1]):
+        raise ConfigError(
+            f"eps inf (unbounded) is only for minimal-norm attacks (fmn, ddn, cw, ...); give "
+            f"{name} a finite budget, e.g. --eps 0.3"
+        )
+    return AttackPlan(
+        algo, name, norm, budgets, minimal, targets, success_threshold, seed, batch_size,
+        attack_misclassified, steps, adaptive, eot_samples, compare_naive, runner,
+    )  # fmt: skip
+
+
+def _attack(
+    plan: AttackPlan,
+    model: Classifier | str | Path,
+    data: Dataset | str | Path | tuple[np.ndarray, np.ndarray],
+    loading: tuple[Any, int | None, dict[str, Any] | None, dict[str, Any] | None],
+    out_dir: Path | None,
+    progress: Callable[[int, int], None] | None,
+    on_loaded: Callable[[Classifier, Dataset], None] | None,
+) -> AttackRun:
+    """Load, measure, assemble and (with ``out_dir``, already claimed) write one attack run."""
+    clf, dataset, y = load_inputs(model, data, *loading)
+    if plan.preprocess:
+        clf = defend(
+            clf, plan.preprocess, adaptive=plan.adaptive, eot_samples=plan.eot_samples,
+            seed=plan.seed,
+        )  # fmt: skip
     if on_loaded is not None:
         on_loaded(clf, dataset)
-    n = len(dataset.x)
-    runs = [math.inf] if minimal else budgets
-    passes = 2 if compare_naive else 1
-    naive_clf = None
-    if compare_naive:
-        if not isinstance(clf, DefendedClassifier):
-            raise ConfigError("compare_naive needs a model behind preprocessing defenses")
-        naive_clf = clf.with_adaptive(False)
+    progress_dir = None if out_dir is None else out_dir / PROGRESS
+    evals, per_budget, defense = _measure(plan, clf, dataset, y, progress, progress_dir)
+    results, x_adv, found = _assemble(plan, clf, dataset, y, evals, per_budget, defense)
+    head = per_budget[-1][1]
+    if out_dir is not None:
+        write_attack_run(out_dir, results, dataset, head, x_adv, plan, per_budget[-1][0], found)
+        if progress_dir is not None and progress_dir.is_dir():
+            shutil.rmtree(progress_dir)  # the results are written: nothing left to resume
+    return AttackRun(evals[-1], results["metrics"], results, out_dir)
 
-    progress_dir = None if out is None else Path(out) / "progress"
-    if progress_dir is not None and progress_dir.is_dir() and not resume:
-        shutil.rmtree(progress_dir)
+
+def _measure(
+    plan: AttackPlan,
+    clf: Classifier,
+    dataset: Dataset,
+    y: np.ndarray,
+    progress: Callable[[int, int], None] | None,
+    progress_dir: Path | None,
+) -> tuple[list[Evaluation], list[tuple[float, Records]], dict[str, Any] | None]:
+    """Every evaluation (one per budget, or the one unbounded run), then the naive one."""
+    n, runs = len(dataset.x), plan.runs
+    passes = 2 if plan.compare_naive else 1
 
     def evaluate_all(target: Classifier, first: int) -> list[Evaluation]:
-        """Every run (one per budget, or the one unbounded run) of one classifier."""
         return [
             evaluate(
                 target,
                 dataset.x,
                 y,
-                algo,
-                ThreatModel(norm, e, targeted=targets is not None),
-                targets=targets,
-                batch_size=batch_size,
-                seed=seed,
-                attack_misclassified=attack_misclassified,
+                plan.attacks,
+                ThreatModel(plan.norm, e, targeted=plan.targets is not None),
+                targets=plan.targets,
+                batch_size=plan.batch_size,
+                seed=plan.seed,
+                attack_misclassified=plan.attack_misclassified,
                 progress=_shifted(progress, (first + number) * n, n * len(runs) * passes),
                 checkpoint=None
                 if progress_dir is None
                 else progress_dir / f"evaluation-{first + number}",
-                executor=runner,
+                executor=plan.runner,
             )
             for number, e in enumerate(runs)
         ]
 
-    def by_budget(done: list[Evaluation]) -> list[tuple[float, Records]]:
-        if minimal:
-            unbounded = done[0].records
-            return [(e, unbounded if math.isinf(e) else unbounded.within(norm, e)) for e in budgets]
-        return [(e, ev.records) for e, ev in zip(budgets, done, strict=True)]
-
     evals = evaluate_all(clf, 0)
-    per_budget = by_budget(evals)
+    per_budget = _by_budget(plan, evals)
+    defense = None
+    if isinstance(clf, DefendedClassifier):
+        defense = clf.describe_defense()
+        if plan.compare_naive:
+            naive_clf = clf.with_adaptive(False)
+            naive_evals = evaluate_all(naive_clf, len(runs))
+            defense["naive"] = _naive_summary(
+                naive_clf,
+                dataset,
+                y,
+                _by_budget(plan, naive_evals),
+                per_budget[-1][1],
+                plan.success_threshold,
+            )
+            defense["naive"]["seconds"] = sum(ev.seconds for ev in naive_evals)
+    elif plan.compare_naive:
+        raise ConfigError("compare_naive needs a model behind preprocessing defenses")
+    return evals, per_budget, defense
+
+
+def _by_budget(plan: AttackPlan, done: list[Evaluation]) -> list[tuple[float, Records]]:
+    """(budget, records) for every budget asked for, ascending."""
+    if plan.minimal:
+        unbounded = done[0].records
+        return [
+            (e, unbounded if math.isinf(e) else unbounded.within(plan.norm, e))
+            for e in plan.budgets
+        ]
+    return [(e, ev.records) for e, ev in zip(plan.budgets, done, strict=True)]
+
+
+def _assemble(
+    plan: AttackPlan,
+    clf: Classifier,
+    dataset: Dataset,
+    y: np.ndarray,
+    evals: list[Evaluation],
+    per_budget: list[tuple[float, Records]],
+    defense: dict[str, Any] | None,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """results.json's content, the headline's adversarial inputs and (minimal-norm attacks)
+    the minimal norms found."""
+    norm, minimal, threshold = plan.norm, plan.minimal, plan.success_threshold
     unbounded = evals[0]
     head_eps, head = per_budget[-1]
     x_adv = evals[-1].x_adv
@@ -280,75 +439,39 @@ def run_attack(
         x_adv = np.where(lost[:, None, None, None], dataset.x, x_adv)
         r = unbounded.records
         found = getattr(r, norm)[r.success]
-
-    flags = _sanity(clf, dataset, y, evals, algo, per_budget, norm, minimal)
+    flags = _sanity(clf, dataset, y, evals, plan.attacks, per_budget, norm, minimal)
     names = sanity.raised(flags)
-    metrics = summarize(head, clf.num_classes, success_threshold, names)
+    metrics = summarize(head, clf.num_classes, threshold, names)
     metrics["confusion"] = confusion_matrices(head, clf.num_classes)
-    defense = None
-    if isinstance(clf, DefendedClassifier):
-        defense = clf.describe_defense()
-        if naive_clf is not None:
-            naive_evals = evaluate_all(naive_clf, len(runs))
-            defense["naive"] = _naive_summary(
-                naive_clf, dataset, y, by_budget(naive_evals), head, success_threshold
-            )
-            defense["naive"]["seconds"] = sum(ev.seconds for ev in naive_evals)
     config = dict(evals[-1].config)
-    config["threat"] = ThreatModel(norm, head_eps, targets is not None).to_dict()
+    config["threat"] = ThreatModel(norm, head_eps, plan.targets is not None).to_dict()
     config["minimal_norm"] = minimal
     results: dict[str, Any] = {
-        **rundir.header(seed),
+        **rundir.header(plan.seed),
         "model": clf.describe(),
         "data": dataset.to_dict(),
-        "config": {**config, "success_threshold": success_threshold},
+        "config": {**config, "success_threshold": threshold},
         "metrics": metrics,
         "sanity": [f.to_dict() for f in flags],
         "seconds": sum(ev.seconds for ev in evals),
         **({} if defense is None else {"defense": defense}),
         "records": head.to_dict(),
-        "gallery": _gallery(clf, dataset.x, x_adv, head),
+        "gallery": gallery(clf, dataset.x, x_adv, head),
         "files": {},
     }
     if minimal:
-        finite = [e for e in budgets if not math.isinf(e)]
+        finite = [e for e in plan.budgets if not math.isinf(e)]
         results["minimal"] = minimal_norms(unbounded.records, norm, finite or None)
-    if len(budgets) > 1:
+    if len(plan.budgets) > 1:
         results["sweep"] = [
             {
                 "eps": e,
-                "metrics": summarize(rec, clf.num_classes, success_threshold, names),
+                "metrics": summarize(rec, clf.num_classes, threshold, names),
                 **({} if minimal else {"records": rec.to_dict()}),
             }
             for e, rec in per_budget
         ]
-    out_dir = None
-    if out is not None:
-        out_dir = _write_run(
-            Path(out), results, dataset, head, x_adv, attack, norm, head_eps, targets, found
-        )
-        if progress_dir is not None and progress_dir.is_dir():
-            shutil.rmtree(progress_dir)  # the results are written: nothing left to resume
-    return AttackRun(evals[-1], metrics, results, out_dir)
-
-
-def _gallery(clf: Classifier, x: np.ndarray, x_adv: np.ndarray, rec: Records) -> dict[str, Any]:
-    """A few examples with the model's confidences, so the report needs only results.json."""
-    import torch
-
-    from aegis.report.gallery import build_gallery, shown_indices
-
-    shown = shown_indices(rec)
-
-    def probs(v: np.ndarray) -> np.ndarray:
-        z = clf.logits(torch.from_numpy(np.ascontiguousarray(v[shown])).to(clf.device))
-        z = z.detach().float().cpu()
-        sums = z.sum(1)
-        if z.numel() and z.min() >= 0 and z.max() <= 1 and bool(((sums - 1).abs() < 1e-4).all()):
-            return z.numpy()  # the model already outputs probabilities
-        return torch.softmax(z, 1).numpy()
-
-    return build_gallery(x[shown], x_adv[shown], rec, shown, probs(x), probs(x_adv), clf.bounds)
+    return results, x_adv, found
 
 
 def _naive_summary(
@@ -433,66 +556,3 @@ def _sanity(
         if f.flagged:
             log.warning("sanity check %s: %s", f.name, f.evidence)
     return flags
-
-
-def _write_run(
-    out: Path,
-    results: dict[str, Any],
-    dataset: Dataset,
-    rec: Records,
-    x_adv: np.ndarray,
-    attack: str | list[str],
-    norm: str,
-    eps: float,
-    targets: int | np.ndarray | None,
-    found: np.ndarray | None,
-) -> Path:
-    out_dir = rundir.prepare(out)
-    rundir.write_npz(
-        out_dir / "samples.npz",
-        x=dataset.x,
-        x_adv=x_adv,
-        y=rec.y,
-        clean_pred=rec.clean_pred,
-        adv_pred=rec.adv_pred,
-        target=rec.target,
-    )
-    from aegis.report.gallery import shown_indices
-    from aegis.report.plots import save_curve, save_grid
-
-    shown = shown_indices(rec)
-    name = attack if isinstance(attack, str) else ",".join(attack)
-    save_grid(
-        out_dir / "grid.png",
-        dataset.x[shown],
-        x_adv[shown],
-        rec.y[shown],
-        rec.clean_pred[shown],
-        rec.adv_pred[shown],
-        title=f"{name} {norm} eps={eps:g}"
-        + (f" target={targets}" if isinstance(targets, int) else ""),
-    )
-    results["files"] = {"samples": "samples.npz", "grid": "grid.png"}
-    points = _curve_points(results)
-    if points:
-        save_curve(out_dir / "curve.png", points, norm=norm, title=name, minimal_norms=found)
-        results["files"]["curve"] = "curve.png"
-    rundir.finish(out_dir, results)
-    return out_dir
-
-
-def _curve_points(results: dict[str, Any]) -> list[tuple[float, float]]:
-    """Accuracy-vs-ε points: a minimal-norm run's curve, else the sweep's budgets."""
-    if "minimal" in results:
-        return [
-            (p["eps"], p["accuracy"])
-            for p in results["minimal"]["curve"]
-            if p["accuracy"] is not None
-        ]
-    if "sweep" in results:
-        return [
-            (s["eps"], s["metrics"]["adversarial_accuracy"])
-            for s in results["sweep"]
-            if s["metrics"]["adversarial_accuracy"] is not None
-        ]
-    return []

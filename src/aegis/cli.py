@@ -1,11 +1,7 @@
 """The ``aegis`` command line: a thin Typer layer over the Python API, no logic of its own.
 
-Exit codes:
-  0  done (for ``attack --gate``: the attack stayed below the success threshold)
-  1  error: bad input, unloadable model, impossible parameter (one line on stderr)
-  2  usage error: unknown option or missing argument
-  3  gate tripped: ``attack --gate`` reached --success-threshold, or an ``audit`` threshold
-     failed (block the model in CI)
+Exit codes (:mod:`aegis.cli_options`): 0 done, 1 error, 2 usage error (an unknown option, a
+missing argument, or an option value the command cannot take), 3 gate tripped.
 """
 
 from __future__ import annotations
@@ -18,10 +14,22 @@ from typing import Annotated, Any
 
 import typer
 
-from aegis.errors import AegisError, ConfigError
+from aegis.cli_options import (
+    EXIT_ERROR,
+    EXIT_GATE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Device,
+    Overwrite,
+    Seed,
+    TrustSidecar,
+    checking_options,
+)
+from aegis.errors import AegisError, ConfigError, UsageError
+from aegis.io.claim import claimed
 from aegis.report.track_options import Mlflow, MlflowExperiment, MlflowUri, track, wanted
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
+__all__ = ["EXIT_ERROR", "EXIT_GATE", "EXIT_OK", "EXIT_USAGE", "app", "main"]
 
 app = typer.Typer(
     name="aegis",
@@ -81,23 +89,17 @@ def _budget_list(text: str | None) -> list[float] | None:
 
 
 def _params(items: list[str] | None) -> dict[str, Any]:
-    """``NAME=VALUE`` pairs → hyper-parameters (int, float, true/false, or text)."""
+    """``NAME=VALUE`` pairs → hyper-parameters as text; each attack or defense converts them
+    by its fields' declared types (``aegis.params``), naming a value that does not fit."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        name = key.strip().replace("-", "_")
+        if not sep or not name or not raw.strip():
             raise ConfigError(f"--param takes NAME=VALUE, got {item!r}")
-        value: Any = raw
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            for kind in (int, float):
-                try:
-                    value = kind(raw)
-                    break
-                except ValueError:
-                    continue
-        out[key.strip().replace("-", "_")] = value
+        if name in out:
+            raise ConfigError(f"--param {name} is given twice; keep one")
+        out[name] = raw.strip()
     return out
 
 
@@ -239,7 +241,7 @@ def attack(
     mlflow_uri: MlflowUri = None,
     mlflow_experiment: MlflowExperiment = None,
     batch_size: Annotated[int, typer.Option(help="Inputs per batch.")] = 256,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed → same result).")] = 0,
+    seed: Seed = 0,
     limit: Annotated[int | None, typer.Option(help="Use only the first N inputs.")] = None,
     attack_misclassified: Annotated[
         bool, typer.Option(help="Also attack inputs the model already gets wrong.")
@@ -292,6 +294,8 @@ def attack(
             help="Allow unpickling a plain pickle model file: this EXECUTES CODE from the file."
         ),
     ] = False,
+    trust_sidecar: TrustSidecar = False,
+    overwrite: Overwrite = False,
     data_layout: Annotated[
         str | None,
         typer.Option(help="Layout of the data file: NCHW, NHWC or flat (default: detected)."),
@@ -299,7 +303,7 @@ def attack(
     scale: Annotated[
         str, typer.Option(help="Data scaling: auto (uint8/0–255 → [0,1]), 255, or none.")
     ] = "auto",
-    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    device: Device = None,
     preprocess: Annotated[
         list[str] | None,
         typer.Option(
@@ -342,46 +346,74 @@ def attack(
         aegis attack model.keras attack_dataset.npy --labels labels.npy --attack bim
         --eps 0.3 --step 0.01 --iterations 100 --target 5 --success-threshold 0.9
     """
-    from aegis.api import run_attack
+    from aegis.api import plan_attack, run_attack
     from aegis.io import rundir
     from aegis.progress import progress_bar
 
-    model_options: dict[str, Any] = {
-        "num_classes": num_classes,
-        "input_shape": input_shape,
-        "bounds": _floats(bounds, "--bounds"),
-        "mean": _floats(mean, "--mean"),
-        "std": _floats(std, "--std"),
-        "layout": layout,
-        "factory": factory,
-        "allow_unsafe_pickle": unsafe_pickle,
-        "device": device,
-        "batch_size": batch_size,
-    }
-    model_options = {k: v for k, v in model_options.items() if v is not None}
-    data_options: dict[str, Any] = {"scale": scale}
-    if data_layout is not None:
-        data_options["layout"] = data_layout
-    if gate and success_threshold is None:
-        raise ConfigError("--gate needs --success-threshold (e.g. 0.9)")
-    if resume and out is None:
-        raise ConfigError("--resume needs the --out directory of the interrupted run")
+    with checking_options():
+        model_options: dict[str, Any] = {
+            "num_classes": num_classes,
+            "input_shape": input_shape,
+            "bounds": _floats(bounds, "--bounds"),
+            "mean": _floats(mean, "--mean"),
+            "std": _floats(std, "--std"),
+            "layout": layout,
+            "factory": factory,
+            "allow_unsafe_pickle": unsafe_pickle,
+            "trust_sidecar": trust_sidecar,
+            "device": device,
+            "batch_size": batch_size,
+        }
+        model_options = {k: v for k, v in model_options.items() if v is not None}
+        data_options: dict[str, Any] = {"scale": scale}
+        if data_layout is not None:
+            data_options["layout"] = data_layout
+        if gate and success_threshold is None:
+            raise ConfigError("--gate needs --success-threshold (e.g. 0.9)")
+        if resume and out is None:
+            raise ConfigError("--resume needs the --out directory of the interrupted run")
+        if out is not None and out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a directory for the run")
+        if resume and overwrite:
+            raise ConfigError(
+                "--resume continues the run in --out, --overwrite replaces it; drop one"
+            )
+        if limit is not None and limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {limit}")
+        params = {
+            "steps": steps,
+            "step_size": step_size,
+            "restarts": restarts,
+            "random_start": random_start,
+            "decay": decay,
+            "sparsity": sparsity,
+            "queries": queries,
+            **_params(param),
+        }
+        budgets = _budget_list(eps)
+        targets = _targets(target)
+        plan_attack(
+            attack_name,
+            norm,
+            budgets,
+            targets=targets,
+            success_threshold=success_threshold,
+            seed=seed,
+            batch_size=batch_size,
+            preprocess=preprocess,
+            adaptive=adaptive,
+            eot_samples=eot_samples,
+            compare_naive=naive,
+            executor=executor,
+            workers=workers,
+            ray_address=ray_address,
+            **params,
+        )
     out_dir = (
         out
         if out is not None
         else rundir.default_run_dir(Path("runs"), attack_name.replace(",", "+"))
     )
-    params = {
-        "steps": steps,
-        "step_size": step_size,
-        "restarts": restarts,
-        "random_start": random_start,
-        "decay": decay,
-        "sparsity": sparsity,
-        "queries": queries,
-        **_params(param),
-    }
-    budgets = _budget_list(eps)
 
     bar: Any = None
     task: Any = None
@@ -403,7 +435,7 @@ def attack(
             attack=attack_name,
             norm=norm,
             eps=budgets,
-            targets=_targets(target),
+            targets=targets,
             success_threshold=success_threshold,
             out=out_dir,
             seed=seed,
@@ -419,6 +451,7 @@ def attack(
             eot_samples=eot_samples,
             compare_naive=naive,
             resume=resume,
+            overwrite=overwrite,
             executor=executor,
             workers=workers,
             ray_address=ray_address,
@@ -657,7 +690,7 @@ def train(
     ] = None,
     eps: Annotated[float, typer.Option(help="L∞ budget for adversarial training.")] = 0.3,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the zoo's).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Seed = 0,
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -754,7 +787,7 @@ def defend(
     norm: Annotated[str, typer.Option(help="Threat norm: linf, l2, l1, l0.")] = "linf",
     eps: Annotated[float, typer.Option(help="Perturbation budget.")] = 0.3,
     limit: Annotated[int | None, typer.Option(help="Use only the first N inputs.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed → same result).")] = 0,
+    seed: Seed = 0,
     batch_size: Annotated[int | None, typer.Option(help="Inputs per batch.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory for results.json.")] = None,
     detector: Annotated[
@@ -780,6 +813,7 @@ def defend(
     certify_radii: Annotated[
         str, typer.Option(help="L2 radii of the certified-accuracy column, comma-separated.")
     ] = "0.5,1",
+    overwrite: Overwrite = False,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
     mlflow_experiment: MlflowExperiment = None,
@@ -807,25 +841,26 @@ def defend(
     from aegis.io import rundir
 
     out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), "defend")
-    table = compare_defenses(
-        base,
-        data,
-        models=model or (),
-        preprocess=preprocess or (),
-        attack=attack,
-        norm=norm,
-        eps=eps,
-        labels=labels,
-        limit=limit,
-        seed=seed,
-        batch_size=batch_size,
-        out=out_dir,
-        detectors=detector or (),
-        smoothed=smoothed or (),
-        sigma=sigma,
-        certify_samples=certify_samples,
-        certify_radii=_floats(certify_radii, "--certify-radii") or (),
-    )
+    with claimed(Path(out_dir), overwrite=overwrite):
+        table = compare_defenses(
+            base,
+            data,
+            models=model or (),
+            preprocess=preprocess or (),
+            attack=attack,
+            norm=norm,
+            eps=eps,
+            labels=labels,
+            limit=limit,
+            seed=seed,
+            batch_size=batch_size,
+            out=out_dir,
+            detectors=detector or (),
+            smoothed=smoothed or (),
+            sigma=sigma,
+            certify_samples=certify_samples,
+            certify_radii=_floats(certify_radii, "--certify-radii") or (),
+        )
     from rich.console import Console
     from rich.table import Table
 
@@ -877,13 +912,14 @@ def certify(
     ] = "0,0.25,0.5,1",
     noise_batch: Annotated[int, typer.Option(help="Noisy copies per forward pass.")] = 1000,
     limit: Annotated[int | None, typer.Option(help="Use only the first N inputs.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed → same result).")] = 0,
+    seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory for results.json.")] = None,
     num_classes: Annotated[int | None, typer.Option(help="Model outputs (classes).")] = None,
     factory: Annotated[
         str | None, typer.Option(help="package.module:function building the network.")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    device: Device = None,
+    overwrite: Overwrite = False,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
     mlflow_experiment: MlflowExperiment = None,
@@ -901,7 +937,10 @@ def certify(
     grid = _floats(radii, "--radii") or ()
     smoothing = Smoothing(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=noise_batch)
     out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), "certify")
-    with progress_bar(enabled=sys.stderr.isatty()) as bar:
+    with (
+        claimed(Path(out_dir), overwrite=overwrite),
+        progress_bar(enabled=sys.stderr.isatty()) as bar,
+    ):
         task = bar.add_task(f"certify σ={sigma:g}", total=None)
         results = run_certify(
             model,
@@ -985,14 +1024,15 @@ def detect(
             "run each, on the inputs the earlier runs did not get through."
         ),
     ] = "1,10,0.1",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory for results.json.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Inputs per batch.")] = None,
     num_classes: Annotated[int | None, typer.Option(help="Model outputs (classes).")] = None,
     factory: Annotated[
         str | None, typer.Option(help="package.module:function building the network.")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    device: Device = None,
+    overwrite: Overwrite = False,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
     mlflow_experiment: MlflowExperiment = None,
@@ -1007,32 +1047,33 @@ def detect(
     from aegis.io import rundir
 
     out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), "detect")
-    results = run_detect(
-        model,
-        data,
-        detector=detector,
-        detector_params={
-            "layers": None if layers is None else tuple(v.strip() for v in layers.split(",")),
-            "noise": noise,
-            "bits": bits,
-            "median_size": median_size,
-        },
-        attack=attack_name,
-        norm=norm,
-        eps=eps,
-        fpr=fpr,
-        fit_limit=fit_limit,
-        limit=limit,
-        fit_data=fit_data,
-        labels=labels,
-        adaptive=adaptive,
-        adaptive_steps=adaptive_steps,
-        adaptive_weights=_floats(adaptive_weights, "--adaptive-weights") or (),
-        seed=seed,
-        out=out_dir,
-        model_options=_model_options(num_classes, factory, device, batch_size),
-        steps=steps,
-    )
+    with claimed(Path(out_dir), overwrite=overwrite):
+        results = run_detect(
+            model,
+            data,
+            detector=detector,
+            detector_params={
+                "layers": None if layers is None else tuple(v.strip() for v in layers.split(",")),
+                "noise": noise,
+                "bits": bits,
+                "median_size": median_size,
+            },
+            attack=attack_name,
+            norm=norm,
+            eps=eps,
+            fpr=fpr,
+            fit_limit=fit_limit,
+            limit=limit,
+            fit_data=fit_data,
+            labels=labels,
+            adaptive=adaptive,
+            adaptive_steps=adaptive_steps,
+            adaptive_weights=_floats(adaptive_weights, "--adaptive-weights") or (),
+            seed=seed,
+            out=out_dir,
+            model_options=_model_options(num_classes, factory, device, batch_size),
+            steps=steps,
+        )
     d = results["detection"]
     na = d["non_adaptive"]
     typer.echo(
@@ -1106,7 +1147,7 @@ def main() -> None:
         if _state["debug"]:
             raise
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        sys.exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR)
     except Exception as exc:  # the CLI edge: anything unexpected is still one line
         if _state["debug"]:
             raise

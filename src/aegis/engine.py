@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from aegis._alloc import keep_freed_memory
+from aegis.atomic import atomic, write_error
 from aegis.attacks.base import Attack
 from aegis.errors import AegisError, ConfigError, DataError
 from aegis.model import FROZEN_MIN_POINTS, Classifier
@@ -292,17 +293,13 @@ class _BatchStore:
     ) -> None:
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"checkpoint {folder} is a file; give a folder for the batches")
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(folder, exc) from exc
         self.folder = folder
         h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-        h.update(json.dumps(model.info.to_dict(), sort_keys=True, default=str).encode())
-        module = model.module
-        if isinstance(module, torch.nn.Module):
-            for name, t in module.state_dict().items():
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            h.update(model.name.encode())
+        h.update(_model_digest(model).encode())
         for arr in (x.numpy(), y.numpy(), np.zeros(0) if tgt is None else tgt):
             h.update(np.ascontiguousarray(arr).tobytes())
         self.key = h.hexdigest()[:32]
@@ -323,13 +320,31 @@ class _BatchStore:
             return None
 
     def save(self, start: int, rec: Records, x_adv: np.ndarray) -> None:
-        path = self._path(start)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic(self._path(start)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, x_adv=x_adv, **{f.name: getattr(rec, f.name) for f in fields(Records)})
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+
+
+def _model_digest(model: Classifier) -> str:
+    """What identifies the model of a checkpoint: its file's bytes (``provenance["sha256"]``,
+    every loaded model kind, query-only ones included), its metadata and preprocessing, and
+    the weights a module holds now (an in-memory model has no file)."""
+    described = model.describe()
+    h = hashlib.sha256()
+    for key in ("provenance", "preprocess"):
+        h.update(json.dumps(described.get(key), sort_keys=True, default=str).encode())
+    h.update(json.dumps(model.info.to_dict(), sort_keys=True, default=str).encode())
+    module = model.module
+    if isinstance(module, torch.nn.Module):
+        for name, t in module.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    elif "sha256" not in model.provenance:
+        # A Python callable with no file: nothing to hash but what it is called.
+        fn = model.query_fn
+        h.update(f"{model.name}:{getattr(fn, '__qualname__', type(fn).__name__)}".encode())
+    return h.hexdigest()
 
 
 def _run_batch(

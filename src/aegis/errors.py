@@ -1,4 +1,5 @@
-"""One exception tree. The CLI turns any AegisError into a one-line message and exit code 1."""
+"""One exception tree. The CLI turns any AegisError into a one-line message and exit code 1
+(2 for a UsageError: an option value the command cannot take)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ class AegisError(Exception):
 
 class ConfigError(AegisError, ValueError):
     """An impossible or contradictory parameter (eps < 0, steps = 0, unknown attack name, ...)."""
+
+
+class UsageError(ConfigError):
+    """A command-line option value the command cannot take; the CLI exits with code 2."""
 
 
 class DataError(AegisError, ValueError):

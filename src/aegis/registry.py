@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aegis.errors import ConfigError
+from aegis.params import coerce_params
 
 if TYPE_CHECKING:
     from aegis.attacks.base import Attack
@@ -198,4 +199,4 @@ def create(name: str, **params: Any) -> Attack:
             f"attack {name!r} has no parameter {', '.join(unknown)}; "
             f"its parameters are {', '.join(sorted(allowed))}"
         )
-    return spec.cls(**given)
+    return spec.cls(**coerce_params(name, spec.cls, given))

@@ -109,7 +109,7 @@ class ThreatModel:
         if self.norm not in NORMS:
             raise ConfigError(f"unknown norm {self.norm!r}; use one of {', '.join(NORMS)}")
         if not self.eps >= 0:  # also rejects NaN
-            raise ConfigError(f"eps must be >= 0, got {self.eps}")
+            raise ConfigError(f"eps must be a number >= 0 (or inf), got {self.eps}")
 
     # -- projections ------------------------------------------------------------------------
     def project(self, x_adv: Tensor, x: Tensor, bounds: tuple[float, float]) -> Tensor:

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from aegis.errors import ConfigError
+from aegis.cli_options import Overwrite
+from aegis.errors import ConfigError, UsageError
 from aegis.report.track_options import MlflowExperiment, MlflowUri, track, wanted
 
 EXAMPLE = """\
@@ -144,6 +145,7 @@ def audit(
             "uninterrupted audit, timings aside.",
         ),
     ] = False,
+    overwrite: Overwrite = False,
     mlflow: Annotated[
         bool | None,
         typer.Option(
@@ -197,7 +199,7 @@ def audit(
     """
     from aegis.audit.config import load_config
     from aegis.audit.run import run_audit
-    from aegis.cli import EXIT_ERROR, EXIT_GATE
+    from aegis.cli_options import EXIT_ERROR, EXIT_GATE
     from aegis.io import rundir
 
     if example:
@@ -216,7 +218,9 @@ def audit(
     if mlflow is False and (mlflow_uri is not None or mlflow_experiment is not None):
         raise ConfigError("--no-mlflow contradicts --mlflow-uri/--mlflow-experiment; drop one")
     out_dir = out or (Path(cfg.out) if cfg.out else rundir.default_run_dir(Path("runs"), "audit"))
-    results = run_audit(cfg, out_dir, resume=resume)
+    if resume and overwrite:
+        raise UsageError("--resume continues the audit in --out, --overwrite replaces it; drop one")
+    results = run_audit(cfg, out_dir, resume=resume, overwrite=overwrite)
     _print_table(results)
     if results["reused"]:
         typer.echo(

@@ -259,6 +259,16 @@ class AuditConfig(_Strict):
 
 # -- loading ------------------------------------------------------------------------------
 
+ECHO_WIDTH = 80
+"""The most characters of a user's value (or key) an error message repeats."""
+
+
+def _short(value: Any, *, plain: bool = False) -> str:
+    """``repr(value)`` (``str`` when ``plain``) cut to :data:`ECHO_WIDTH` characters with an
+    ellipsis, so a huge value keeps the message one short line."""
+    text = str(value) if plain else repr(value)
+    return text if len(text) <= ECHO_WIDTH else f"{text[: ECHO_WIDTH - 3]}..."
+
 
 def _where(loc: tuple[int | str, ...], raw: Any) -> str:
     """``evaluations.1.attack.eps.0`` → ``evaluations.1.eps``: drop the union tag pydantic
@@ -271,7 +281,7 @@ def _where(loc: tuple[int | str, ...], raw: Any) -> str:
         if isinstance(part, int) and not isinstance(node, list):
             break
         plain = isinstance(part, int) or (part.isprintable() and part.strip() == part != "")
-        kept.append(str(part) if plain else repr(part))  # a key with a newline stays one line
+        kept.append(_short(part, plain=plain))  # a key with a newline stays one line
         try:
             node = node[part]
         except (KeyError, IndexError, TypeError):
@@ -289,7 +299,7 @@ def _message(err: dict[str, Any], config: Any) -> str:
         return "required key is missing"
     if kind == "union_tag_invalid":
         return (
-            f"unknown evaluation type {err['input'].get('type')!r}; use one of "
+            f"unknown evaluation type {_short(err['input'].get('type'))}; use one of "
             "attack, defend, detect, certify, poison, extract, membership"
         )
     if kind == "union_tag_not_found":
@@ -299,8 +309,8 @@ def _message(err: dict[str, Any], config: Any) -> str:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
         bound = next(iter(ctx.values()))
-        return f"must be {op.get(kind, '<=')} {bound:g}, got {err['input']!r}"
-    return f"{msg[0].lower()}{msg[1:]}, got {err['input']!r}"
+        return f"must be {op.get(kind, '<=')} {bound:g}, got {_short(err['input'])}"
+    return f"{msg[0].lower()}{msg[1:]}, got {_short(err['input'])}"
 
 
 def parse_config(raw: Any, source: str = "audit config") -> AuditConfig:
@@ -318,26 +328,30 @@ def parse_config(raw: Any, source: str = "audit config") -> AuditConfig:
 
 
 def load_config(path: str | Path) -> AuditConfig:
-    """Read and validate a YAML audit config; every problem is one :class:`ConfigError` line."""
-    import yaml
+    """Read and validate a YAML audit config; every problem is one :class:`ConfigError` line.
+
+    The YAML is parsed within limits (:func:`aegis.io.safe_yaml.load_yaml`): at most 1 MiB, no
+    alias bombs, no duplicate keys."""
+    from aegis.io.safe_yaml import MAX_BYTES, load_yaml
 
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
             f"cannot read audit config {p}: {exc.strerror or exc}; write one with "
             "`aegis audit --example audit.yaml`"
         ) from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(
+            f"{p.name}: larger than {MAX_BYTES // 1024} KiB, too large for an audit config; "
+            "check the path (write one with `aegis audit --example audit.yaml`)"
+        )
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{p}: not UTF-8 text (byte {exc.start}); an audit config is a YAML file"
         ) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
-    return parse_config(raw, p.name)
+    return parse_config(load_yaml(text, p.name), p.name)

@@ -411,7 +411,9 @@ class _Finished:
         self._write()
 
 
-def run_audit(config: AuditConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
+def run_audit(
+    config: AuditConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Run every evaluation of ``config`` for every model into ``out``; return (and write to
     ``out/results.json``) the audit results. ``results["passed"]`` is true only if every
     evaluation ran and every threshold passed; ``results["errors"]`` counts evaluations that
@@ -423,11 +425,19 @@ def run_audit(config: AuditConfig, out: str | Path, *, resume: bool = False) -> 
     interrupted attack evaluation resumes from its finished batches
     (``OUT/<evaluation>/progress/``, see :func:`aegis.api.run_attack`). The results equal
     those of an uninterrupted audit, timings and timestamps aside; ``results["reused"]`` (not
-    stored) names the evaluations read back.
+    stored) names the evaluations read back. ``out`` is claimed first (see
+    :mod:`aegis.io.claim`): a directory holding an earlier audit is refused unless ``resume``
+    continues it or ``overwrite`` removes its files.
     """
+    from aegis.io.claim import claimed
+
+    with claimed(Path(out), resume=resume, overwrite=overwrite) as out_dir:
+        return _audit(config, out_dir, resume)
+
+
+def _audit(config: AuditConfig, out_dir: Path, resume: bool) -> dict[str, Any]:
     from aegis.io import rundir
 
-    out_dir = rundir.prepare(Path(out))
     finished = _Finished(out_dir, resume)
     digests: dict[str, str | None] = {}
     reused: list[str] = []

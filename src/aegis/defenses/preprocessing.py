@@ -39,7 +39,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, TypeVar, get_type_hints
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from torch import Tensor
 
 from aegis.errors import CapabilityError, ConfigError, DataError
 from aegis.model import Classifier, LossFn
+from aegis.params import coerce_params
 
 log = logging.getLogger(__name__)
 
@@ -166,22 +167,7 @@ def create_preprocessor(name: str, **params: Any) -> Preprocessor:
                 f"preprocessing {name!r} has no parameter {key!r}; {_hint(key, list(allowed))}"
                 f"its parameters are {', '.join(allowed) or 'none'}"
             )
-    return spec.cls(**params)
-
-
-def _convert(name: str, key: str, raw: str, kind: Any) -> Any:
-    text = raw.strip()
-    if kind is bool:
-        if text.lower() not in ("true", "false"):
-            raise ConfigError(f"{name}: {key} must be true or false, got {raw!r}")
-        return text.lower() == "true"
-    if kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            word = "an integer" if kind is int else "a number"
-            raise ConfigError(f"{name}: {key} must be {word}, got {raw!r}") from None
-    return text
+    return spec.cls(**coerce_params(name, spec.cls, params))
 
 
 def parse_preprocess(text: str | Preprocessor) -> Preprocessor:
@@ -193,8 +179,7 @@ def parse_preprocess(text: str | Preprocessor) -> Preprocessor:
     form = "NAME or NAME:PARAM=VALUE[,PARAM=VALUE] (e.g. jpeg:quality=75)"
     if not name or (sep and not rest.strip()):
         raise ConfigError(f"a preprocessing step is written {form}, got {text!r}")
-    spec = _get(name)
-    hints = get_type_hints(spec.cls)
+    _get(name)  # an unknown name is named before its parameters are read
     params: dict[str, Any] = {}
     for item in rest.split(",") if rest.strip() else []:
         key, eq, raw = item.partition("=")
@@ -203,9 +188,7 @@ def parse_preprocess(text: str | Preprocessor) -> Preprocessor:
             raise ConfigError(f"a preprocessing step is written {form}, got {text!r}")
         if key in params:
             raise ConfigError(f"{name}: parameter {key!r} is given twice in {text!r}")
-        params[key] = (
-            _convert(name, key, raw, hints[key]) if key in spec.parameters() else raw.strip()
-        )
+        params[key] = raw.strip()
     return create_preprocessor(name, **params)
 
 

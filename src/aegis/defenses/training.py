@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from aegis.attacks.pgd import PGD
 from aegis.errors import ConfigError
 from aegis.model import Classifier
+from aegis.params import coerce_params
 from aegis.threat import ThreatModel
 
 STEP_FACTOR = 2.5
@@ -167,7 +168,7 @@ def create_training_defense(name: str, **params: Any) -> TrainingDefense:
             f"its parameters are: {listed}"
         )
     try:
-        return spec.cls(**given)
+        return spec.cls(**coerce_params(spec.name, spec.cls, given))
     except TypeError as exc:
         raise ConfigError(f"bad parameters for defense {spec.name!r}: {exc}") from exc
 

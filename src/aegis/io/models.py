@@ -4,8 +4,10 @@ Formats (chosen by extension, then confirmed by the file's content):
 
 - TorchScript (``.pt``/``.pth``/``.ts`` written by ``torch.jit.save``);
 - ``torch.export`` programs (``.pt2``);
-- weights plus a factory ``"package.module:function"`` building the architecture: ``.safetensors``
-  or a ``.pt``/``.pth`` state dict (read with ``torch.load(weights_only=True)``);
+- weights plus a factory building the architecture: ``.safetensors`` or a ``.pt``/``.pth`` state
+  dict (read with ``torch.load(weights_only=True)``); a sidecar may name only a registered
+  architecture (:mod:`aegis.io.factories`), anything else needs ``factory=`` or
+  ``trust_sidecar=True``;
 - pickled modules (``.pt``/``.pth``/``.pkl``), only with ``allow_unsafe_pickle=True`` because
   unpickling executes code from the file;
 - Keras 3 ``.keras`` and legacy ``.h5`` (run on keras' torch backend, so still differentiable);
@@ -13,7 +15,8 @@ Formats (chosen by extension, then confirmed by the file's content):
   express is loaded query-only with onnxruntime.
 
 The formats are read by :mod:`aegis.io.torch_formats`, :mod:`aegis.io.keras_format` and
-:mod:`aegis.io.onnx_format`; this module dispatches to them and resolves the metadata.
+:mod:`aegis.io.onnx_format` (weights-only files by :mod:`aegis.io.factories`); this module
+dispatches to them and resolves the metadata.
 
 Metadata precedence: explicit keyword > sidecar (``model.json``) > inferred from the file > default.
 ``Classifier.provenance`` records where each field came from.
@@ -26,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -40,6 +44,7 @@ from torch import Tensor, nn
 
 from aegis.errors import AegisError, AegisWarning, ConfigError, ModelError
 from aegis.io.digest import file_sha256
+from aegis.io.factories import _build_from_factory
 from aegis.io.keras_format import _KerasModule, _load_keras
 from aegis.io.loaded import (
     Dims,
@@ -53,7 +58,6 @@ from aegis.io.loaded import (
 from aegis.io.onnx_format import _load_onnx, _verify_onnx
 from aegis.io.sidecar import read_sidecar, sidecar_path
 from aegis.io.torch_formats import (
-    _build_from_factory,
     _load_exported,
     _load_pickle,
     _load_torchscript,
@@ -89,6 +93,7 @@ def load_classifier(
     factory: str | Factory | None = None,
     factory_kwargs: Mapping[str, Any] | None = None,
     allow_unsafe_pickle: bool = False,
+    trust_sidecar: bool = False,
     device: torch.device | str | None = None,
     batch_size: int = 256,
     name: str | None = None,
@@ -105,10 +110,12 @@ def load_classifier(
         mean, std: per-channel normalization the Classifier applies before the model.
         layout: the layout the model itself expects: ``NCHW``, ``NHWC`` or ``flat``.
         factory: ``"package.module:function"`` (or a callable) building the architecture for a
-            weights-only file (``.safetensors`` or a ``.pt`` state dict).
+            weights-only file (``.safetensors`` or a ``.pt`` state dict); imported as given.
         factory_kwargs: keyword arguments for the factory (default: the sidecar's).
         allow_unsafe_pickle: allow unpickling a full pickled module (executes code from the
             file) and Keras Lambda layers; only for files from a trusted source.
+        trust_sidecar: import the sidecar's ``package.module:function`` factory even when it is
+            not a registered architecture (as if given as ``factory``); only for a trusted sidecar.
         device: where the model runs; default CPU (Keras: where keras put it).
         batch_size: the largest batch the Classifier sends at once.
         name: shown in results; default: the file name without extension.
@@ -117,27 +124,11 @@ def load_classifier(
 
     Raises:
         ModelError: the file is missing, corrupt, of an unknown format, or contradicts the
-            metadata given; UnsafeFileError when loading it would execute code from it.
+            metadata given; UnsafeFileError when loading it would execute code from it (or
+            from its sidecar).
     """
     file = Path(path)
-    try:
-        found = file.exists()
-    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
-        raise ModelError(
-            f"cannot use {str(file)[:80]!r} as a model path ({exc}); check it"
-        ) from exc
-    if not found:
-        raise ModelError(f"no such model file {file}; check the path")
-    if file.is_dir():
-        raise ModelError(f"{file} is a directory; pass the model file itself")
-    ext = file.suffix.lower()
-    if ext not in SUPPORTED_EXTENSIONS:
-        raise ModelError(
-            f"unknown model file extension {ext or '(none)'!r} for {file.name}; "
-            f"save the model as one of {', '.join(SUPPORTED_EXTENSIONS)}"
-        )
-    if file.stat().st_size == 0:
-        raise ModelError(f"model file {file} is empty; re-save or re-download it")
+    ext = _check_file(file)
     sidecar = read_sidecar(file)
     provenance: dict[str, str] = {}
     side_file = sidecar_path(file)
@@ -145,7 +136,13 @@ def load_classifier(
         provenance["sidecar"] = str(side_file)
 
     loaded = _load_file(
-        file, ext, sidecar, factory, factory_kwargs, allow_unsafe_pickle=allow_unsafe_pickle
+        file,
+        ext,
+        sidecar,
+        factory,
+        factory_kwargs,
+        allow_unsafe_pickle=allow_unsafe_pickle,
+        trust_sidecar=trust_sidecar,
     )
     provenance["format"] = loaded.fmt
     provenance["sha256"] = file_sha256(file)  # exactly which file was evaluated
@@ -199,6 +196,46 @@ def load_classifier(
 
 
 # -- dispatch ---------------------------------------------------------------------------------
+def _check_file(file: Path) -> str:
+    """The extension of a model file that exists, is not empty and has a known extension."""
+    _check_exists(file)
+    if file.is_dir():
+        raise ModelError(f"{file} is a directory; pass the model file itself")
+    ext = file.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise ModelError(
+            f"unknown model file extension {ext or '(none)'!r} for {file.name}; "
+            f"save the model as one of {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    if file.stat().st_size == 0:
+        raise ModelError(f"model file {file} is empty; re-save or re-download it")
+    return ext
+
+
+def _check_exists(file: Path) -> None:
+    try:
+        os.stat(file)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ModelError(
+                f"{file} is a symlink loop (a link that leads back to itself); point at the model "
+                "file itself"
+            ) from exc
+        if exc.errno == errno.ENOENT and file.is_symlink():
+            raise ModelError(
+                f"{file} is a symlink to {os.readlink(file)!r}, which does not exist; fix the link"
+            ) from exc
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise ModelError(
+                f"cannot use {str(file)[:80]!r} as a model path ({_one_line(exc)}); check it"
+            ) from exc
+        raise ModelError(f"no such model file {file}; check the path") from exc
+    except ValueError as exc:  # a NUL byte
+        raise ModelError(
+            f"cannot use {str(file)[:80]!r} as a model path ({exc}); check it"
+        ) from exc
+
+
 def _load_file(
     file: Path,
     ext: str,
@@ -207,6 +244,7 @@ def _load_file(
     factory_kwargs: Mapping[str, Any] | None,
     *,
     allow_unsafe_pickle: bool,
+    trust_sidecar: bool,
 ) -> _Loaded:
     head = _head(file)
     if ext == ".onnx":
@@ -220,7 +258,15 @@ def _load_file(
         return _load_exported(file, allow_unsafe=allow_unsafe_pickle)
     if ext == ".safetensors":
         weights = _read_safetensors(file)
-        return _build_from_factory(file, weights, "safetensors", sidecar, factory, factory_kwargs)
+        return _build_from_factory(
+            file,
+            weights,
+            "safetensors",
+            sidecar,
+            factory,
+            factory_kwargs,
+            trust_sidecar=trust_sidecar,
+        )
     kind = _sniff_torch(file, head)
     if kind == "torchscript":
         _refuse_explicit_factory(file, factory, "a TorchScript archive")
@@ -236,7 +282,15 @@ def _load_file(
             loaded.notes["factory"] = "ignored: the file holds a whole module"
         return loaded
     weights = _state_dict_of(file, obj)
-    return _build_from_factory(file, weights, "torch state dict", sidecar, factory, factory_kwargs)
+    return _build_from_factory(
+        file,
+        weights,
+        "torch state dict",
+        sidecar,
+        factory,
+        factory_kwargs,
+        trust_sidecar=trust_sidecar,
+    )
 
 
 def _head(file: Path) -> bytes:
@@ -510,7 +564,8 @@ def _resolve_floats(
 
 def _settle_mode(module: nn.Module, loaded: _Loaded, name: str, provenance: dict[str, str]) -> None:
     """Put the module in eval mode before probing it; warn if the file saved it training."""
-    if module.training and not loaded.fresh and not isinstance(module, _KerasModule):
+    training = getattr(module, "training", False)  # a frozen TorchScript module has none
+    if training and not loaded.fresh and not isinstance(module, _KerasModule):
         message = (
             f"{name} was saved in training mode; aegis puts it in eval mode (BatchNorm/dropout "
             "in training mode silently weaken attacks)"

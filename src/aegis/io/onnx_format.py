@@ -1,20 +1,25 @@
 """ONNX ``.onnx`` models: converted to torch by :mod:`aegis.io.onnx_torch` and checked against
 onnxruntime once; a graph the converter cannot express (or gets wrong) is loaded query-only with
-onnxruntime. onnx and onnxruntime are imported only when such a file is loaded.
+onnxruntime. onnx and onnxruntime are imported only when such a file is loaded. External data
+(tensors stored in other files) must lie in the model's folder: a location outside it (``../``,
+an absolute path, a symlink out) is refused before onnx or onnxruntime reads anything.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from aegis.errors import AegisWarning, ModelError
+from aegis.errors import AegisWarning, ModelError, UnsafeFileError
 from aegis.io.loaded import (
     Dims,
     QueryFn,
@@ -41,10 +46,7 @@ def _load_onnx(file: Path) -> _Loaded:
         import onnx
     except ImportError as exc:
         raise ModelError("loading .onnx needs onnx: pip install 'aegis[onnx]'") from exc
-    try:
-        proto = onnx.load(str(file))
-    except Exception as exc:
-        raise _corrupt(file, "an ONNX model", exc) from exc
+    proto = _read_onnx(onnx, file)
     checker_note = ""
     try:
         onnx.checker.check_model(proto)
@@ -121,6 +123,97 @@ def _load_onnx(file: Path) -> _Loaded:
     elif loaded.query_fn is None and "onnx_check" not in loaded.notes:
         loaded.notes["onnx_check"] = "skipped: onnxruntime is not installed"
     return loaded
+
+
+def _read_onnx(onnx: Any, file: Path) -> Any:
+    """The model proto with its external data, which must lie in the model's folder."""
+    try:
+        proto = onnx.load(str(file), load_external_data=False)
+    except Exception as exc:
+        raise _corrupt(file, "an ONNX model", exc) from exc
+    if _check_external_data(file, proto):
+        try:
+            onnx.load_external_data_for_model(proto, str(file.parent))
+        except Exception as exc:
+            raise _corrupt(file, "an ONNX model with external data", exc) from exc
+    return proto
+
+
+def _check_external_data(file: Path, proto: Any) -> bool:
+    """Refuse external data outside the model's folder (before onnx or onnxruntime reads any);
+    True if the model has external data."""
+    import onnx
+
+    folder = file.parent.resolve()
+    found = False
+    for tensor in _all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        found = True
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        if not location or "\x00" in location:
+            raise ModelError(
+                f"{file.name}: tensor {_shown(tensor.name)} keeps its data outside the file but "
+                "names no location; the file is corrupt: re-export it"
+            )
+        for candidate in (location, os.path.join(entries.get("basepath", ""), location)):
+            _refuse_outside(file, folder, tensor.name, candidate)
+    return found
+
+
+def _refuse_outside(file: Path, folder: Path, tensor: str, location: str) -> None:
+    lexical = os.path.normpath(location)
+    outside = os.path.isabs(location) or lexical == ".." or lexical.startswith("../")
+    try:
+        inside = not outside and (file.parent / location).resolve().is_relative_to(folder)
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise UnsafeFileError(
+            f"{file.name}: tensor {_shown(tensor)} keeps its data in {_shown(location)}, refused: "
+            f"it cannot be resolved ({_one_line(exc)}); keep external data files in the folder of "
+            "the .onnx file"
+        ) from exc
+    if inside:
+        return
+    via = "" if outside else " (through a symlink)"
+    raise UnsafeFileError(
+        f"{file.name}: tensor {_shown(tensor)} keeps its data in {_shown(location)}, refused: "
+        f"{_shown(location)} points outside the model's folder{via}; keep external data files "
+        "in the folder of the .onnx file"
+    )
+
+
+def _all_tensors(proto: Any) -> Iterator[Any]:
+    """Every TensorProto of a model: initializers and attribute tensors, in every subgraph and
+    function."""
+    graphs = [proto.graph]
+    nodes = [node for fn in proto.functions for node in fn.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for one in graph.sparse_initializer:
+                yield from (one.values, one.indices)
+            nodes.extend(graph.node)
+            continue
+        for attr in nodes.pop().attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            sparse = [*attr.sparse_tensors]
+            if attr.HasField("sparse_tensor"):
+                sparse.append(attr.sparse_tensor)
+            for one in sparse:
+                yield from (one.values, one.indices)
+            if attr.HasField("g"):
+                graphs.append(attr.g)
+            graphs.extend(attr.graphs)
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """A name from the file, safe to put in a one-line message."""
+    shown = text if text.isprintable() and text.strip() == text and text else repr(text)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def _go_query_only(file: Path, loaded: _Loaded, message: str) -> None:

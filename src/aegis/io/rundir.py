@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from aegis.atomic import atomic, write_error
 from aegis.errors import AegisError
 
 SCHEMA = "aegis.results/1"
@@ -60,15 +61,14 @@ def _json_default(value: Any) -> Any:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=_json_default, allow_nan=True))
-    tmp.replace(path)
+    text = json.dumps(payload, indent=1, default=_json_default, allow_nan=True)
+    with atomic(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-    tmp.replace(path)
+    with atomic(path, ".tmp.npz") as tmp:
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
 
 
 def write_results(out: Path | str, results: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +100,10 @@ def prepare(out: Path) -> Path:
     """Create ``out`` (or reuse it); refuse a path that is a file."""
     if out.exists() and not out.is_dir():
         raise AegisError(f"--out {out} is a file; give a directory for the run")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from exc
     return out
 
 

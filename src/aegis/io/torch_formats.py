@@ -1,19 +1,20 @@
 """PyTorch model files: TorchScript, ``torch.export`` programs (``.pt2``), pickles and state
-dicts (``torch.load``), safetensors weights, and the factories that build an architecture for
-weights-only files.
+dicts (``torch.load``) and safetensors weights. The factories that build an architecture for
+weights-only files live in :mod:`aegis.io.factories`.
 
-Unpickling executes code from the file, so it happens only with ``allow_unsafe=True``.
+Unpickling executes code from the file, so it happens only with ``allow_unsafe=True``. Every
+check of a zip archive reads it through :func:`aegis.io.archive.open_archive`, which sees the
+bytes torch will load.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import logging
 import pickle
+import pickletools
 import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,22 +22,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from aegis.errors import AegisError, ConfigError, ModelError, UnsafeFileError
+from aegis.errors import ModelError, UnsafeFileError
+from aegis.io.archive import open_archive
 from aegis.io.loaded import (
     _ZIP_MAGIC,
     Dims,
-    Factory,
     _corrupt,
     _first_tensor,
     _Loaded,
-    _one_line,
     _StaticBatch,
 )
 
 log = logging.getLogger(__name__)
 
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a"  # pickle protocol 2 + torch's LONG1 magic number
-_SAFE_FACTORY_MODULE = "aegis.zoo"  # sidecar factories imported without --factory
+_PICKLE_WINDOW = 1 << 20  # bytes of a file parsed (never executed) to recognise a pickle
+# What torch's weights_only unpickler says when a file holds Python objects beyond tensors.
+_OBJECT_REFUSALS = re.compile(
+    r"Can only (?:build|create new object)|Trying to call reduce|Only persistent_load of storage"
+)
 _UNSAFE_HINT = (
     "pass --unsafe-pickle only if you trust its source, or re-save it safely as TorchScript "
     "(torch.jit.save) or as safetensors weights loaded with --factory"
@@ -47,12 +51,8 @@ _UNSAFE_HINT = (
 def _sniff_torch(file: Path, head: bytes) -> str:
     """``torchscript``, ``export``, ``torch-pickle`` (torch.save) or ``plain-pickle``."""
     if head.startswith(_ZIP_MAGIC):
-        try:
-            with zipfile.ZipFile(file) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise _corrupt(file, "a PyTorch zip archive", exc) from exc
-        inner = [n.split("/", 1)[1] if "/" in n else n for n in names]
+        archive = open_archive(file, "a PyTorch zip archive")
+        inner = [archive.inner(n) for n in archive.names]
         if any(n.startswith("code/") or n == "constants.pkl" for n in inner):
             return "torchscript"
         if any(n == "archive_format" or n.startswith("models/") for n in inner):
@@ -65,7 +65,7 @@ def _sniff_torch(file: Path, head: bytes) -> str:
         )
     if head.startswith(_LEGACY_TORCH_MAGIC):
         return "torch-pickle"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+    if (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or _is_pickle(file):
         return "plain-pickle"
     raise ModelError(
         f"{file.name} is neither a TorchScript/torch.save archive nor a pickle; re-save it with "
@@ -73,42 +73,82 @@ def _sniff_torch(file: Path, head: bytes) -> str:
     )
 
 
+def _is_pickle(file: Path) -> bool:
+    """Whether ``file`` is a pickle of any protocol (0 and 1 have no header): its opcodes are
+    decoded and its stack checked by :mod:`pickletools`, which executes none of them."""
+    try:
+        with file.open("rb") as fh:
+            data = fh.read(_PICKLE_WINDOW + 1)
+    except OSError:
+        return False
+    whole = len(data) <= _PICKLE_WINDOW
+    stream = io.BytesIO(data[:_PICKLE_WINDOW])
+    count, end = 0, -1
+    try:
+        for op, _arg, pos in pickletools.genops(stream):
+            count += 1
+            if op.name == "STOP":
+                end = (pos or 0) + 1
+                break
+    except Exception:
+        # Only a pickle longer than the window may run out of bytes before its end.
+        return not whole and count >= 2 and stream.tell() >= _PICKLE_WINDOW
+    if count < 2 or (whole and end != len(data)):  # a small file must end at its STOP
+        return False
+    try:
+        pickletools.dis(data[:end], out=_Discard())
+    except Exception:  # an opcode stream no unpickler would accept
+        return False
+    return True
+
+
+class _Discard(io.StringIO):
+    """Where :func:`pickletools.dis` writes its listing: nowhere."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 def _load_torchscript(file: Path) -> _Loaded:
+    open_archive(file, "TorchScript")
     try:
         module = torch.jit.load(str(file), map_location="cpu")  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise _corrupt(file, "TorchScript", exc) from exc
-    return _Loaded(fmt="torchscript", module=module, default_layout="NCHW")
+    loaded = _Loaded(fmt="torchscript", module=module, default_layout="NCHW")
+    if not hasattr(module, "training"):
+        # torch.jit.freeze drops the attribute: the mode was fixed (eval) when it was frozen.
+        module.training = False
+        loaded.fresh = True
+        loaded.notes["mode"] = "frozen TorchScript: eval mode fixed when it was frozen"
+    return loaded
 
 
 def _pt2_pickled_parts(file: Path) -> list[str]:
-    """Parts of a ``.pt2`` archive that ``torch.export.load`` would unpickle unsafely.
+    """Parts of a ``.pt2`` archive that ``torch.export.load`` would unpickle unsafely, read
+    through torch's own zip reader (see :mod:`aegis.io.archive`).
 
     torch unpickles ``use_pickle`` weights and constants and opaque objects with plain pickle, and
     retries any ``.pt`` payload (sample inputs, legacy weights) with ``weights_only=False``.
     """
+    archive = open_archive(file, "a torch.export program (.pt2)")
     risky: list[str] = []
-    try:
-        with zipfile.ZipFile(file) as zf:
-            for name in zf.namelist():
-                inner = name.split("/", 1)[1] if "/" in name else name
-                if inner.endswith((".pt", ".pkl")):
-                    try:
-                        torch.load(io.BytesIO(zf.read(name)), map_location="cpu", weights_only=True)
-                    except Exception:
-                        risky.append(inner)
-                elif inner.startswith(("data/weights/", "data/constants/")) and inner.endswith(
-                    "_config.json"
-                ):
-                    risky += [f"{inner}:{key}" for key in _pickled_entries(zf.read(name))]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise _corrupt(file, "a torch.export program (.pt2)", exc) from exc
+    for name in archive.names:
+        inner = archive.inner(name)
+        low = inner.lower()
+        if low.endswith((".pt", ".pkl")):
+            try:
+                torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+            except Exception:
+                risky.append(inner)
+        elif low.startswith(("data/weights/", "data/constants/")) and low.endswith("_config.json"):
+            risky += [f"{inner}:{key}" for key in _pickled_entries(archive.read(name))]
     return risky
 
 
 def _pickled_entries(raw: bytes) -> list[str]:
     try:
-        config = json.loads(raw).get("config", {})
+        config = json.loads(raw.decode()).get("config", {})  # decoded as torch decodes it
     except (ValueError, AttributeError):
         return []  # malformed: torch.export.load reports it
     found = []
@@ -179,7 +219,10 @@ class _ExportedModule(nn.Module):
 
 
 def _unsupported_global(message: str) -> str | None:
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    """The global a ``weights_only`` load refused, from torch's message: "Unsupported global:
+    GLOBAL x.y was not an allowed global" or "Trying to load unsupported GLOBAL x.y whose module
+    x is blocked" (torch 2.4 to 2.13)."""
+    match = re.search(r"(?i)unsupported (?:global: )?GLOBAL ([\w.]+)", message)
     return match.group(1) if match else None
 
 
@@ -195,12 +238,13 @@ def _load_pickle(file: Path, kind: str, *, allow_unsafe: bool) -> Any:
         return torch.load(str(file), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         culprit = _unsupported_global(str(exc))
-        if culprit is None:
+        if culprit is None and not _OBJECT_REFUSALS.search(str(exc)):
             raise _corrupt(file, "a torch.save file", exc) from exc
         if not allow_unsafe:
+            what = f"it references {culprit}" if culprit else "objects beyond tensors"
             raise UnsafeFileError(
-                f"{file.name} is a pickled object (it references {culprit}): loading it would "
-                f"execute code from the file; {_UNSAFE_HINT}"
+                f"{file.name} is a pickled object ({what}): loading it would execute code from "
+                f"the file; {_UNSAFE_HINT}"
             ) from exc
     except Exception as exc:
         raise _corrupt(file, "a torch.save file", exc) from exc
@@ -261,142 +305,6 @@ def _read_safetensors(file: Path) -> dict[str, Tensor]:
         return dict(load_file(str(file), device="cpu"))
     except Exception as exc:
         raise _corrupt(file, "safetensors", exc) from exc
-
-
-# -- factories ----------------------------------------------------------------------------------
-def _resolve_factory(
-    file: Path,
-    sidecar: Mapping[str, Any],
-    factory: str | Factory | None,
-    factory_kwargs: Mapping[str, Any] | None,
-) -> tuple[Factory, dict[str, Any], str]:
-    side_factory = sidecar.get("factory")
-    side_kwargs = sidecar.get("factory_kwargs") or {}
-    if not isinstance(side_kwargs, Mapping):
-        raise ModelError(f"factory_kwargs in the sidecar of {file.name} must be a JSON object")
-    if factory is None:
-        if not side_factory:
-            raise ModelError(
-                f"{file.name} holds weights only; pass --factory package.module:function "
-                "that builds the architecture (or a model.json sidecar naming an aegis factory)"
-            )
-        if not _is_zoo_factory(side_factory):
-            raise UnsafeFileError(
-                f"the sidecar of {file.name} names factory {side_factory!r} outside aegis, and "
-                f"importing it would run its code; pass --factory {side_factory} to trust it"
-            )
-        spec: str | Factory = side_factory
-        source = f"sidecar: {side_factory}"
-    else:
-        spec = factory
-        source = f"flag: {factory if isinstance(factory, str) else _qualname(factory)}"
-    kwargs: dict[str, Any]
-    if factory_kwargs is not None:
-        kwargs = dict(factory_kwargs)
-    elif factory is None or not side_factory or side_factory == factory:
-        kwargs = dict(side_kwargs)
-    else:
-        kwargs = {}
-    fn = spec if callable(spec) else _import_factory(spec)
-    return fn, kwargs, source
-
-
-def _is_zoo_factory(spec: object) -> bool:
-    """Only our own zoo is trusted from a sidecar: any other module (even elsewhere in aegis,
-    whose functions could be called with sidecar kwargs) needs an explicit --factory."""
-    if not isinstance(spec, str):
-        return False
-    module, _, attr = spec.partition(":")
-    in_zoo = module == _SAFE_FACTORY_MODULE or module.startswith(_SAFE_FACTORY_MODULE + ".")
-    return in_zoo and bool(attr) and not attr.startswith("_")
-
-
-def _qualname(fn: Factory) -> str:
-    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
-
-
-def _import_factory(spec: str) -> Factory:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(
-            f"factory must look like 'package.module:function', got {spec!r}; fix --factory"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(
-            f"cannot import factory module {module_name!r} ({_one_line(exc)}); check --factory "
-            "and that its package is installed"
-        ) from exc
-    fn: Any = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise ModelError(f"module {module_name!r} has no {attr!r}; check --factory")
-    if not callable(fn):
-        raise ModelError(f"factory {spec!r} is not callable; point --factory at a function")
-    built: Factory = fn
-    return built
-
-
-def _build_from_factory(
-    file: Path,
-    weights: dict[str, Tensor],
-    what: str,
-    sidecar: Mapping[str, Any],
-    factory: str | Factory | None,
-    factory_kwargs: Mapping[str, Any] | None,
-) -> _Loaded:
-    fn, kwargs, source = _resolve_factory(file, sidecar, factory, factory_kwargs)
-    try:
-        module = fn(**kwargs)
-    except AegisError:
-        raise
-    except Exception as exc:
-        raise ModelError(
-            f"factory {source.split(': ', 1)[1]}(**{kwargs}) failed ({_one_line(exc)}); check "
-            "--factory and factory_kwargs"
-        ) from exc
-    if not isinstance(module, nn.Module):
-        raise ModelError(
-            f"factory {source.split(': ', 1)[1]} returned {type(module).__name__}, not a "
-            "torch.nn.Module; point --factory at a function that builds the model"
-        )
-    weights, note = _strip_prefix(weights, set(module.state_dict()))
-    expected = set(module.state_dict())
-    missing = sorted(expected - set(weights))
-    unexpected = sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise ModelError(
-            f"weights in {file.name} do not fit the factory's model: missing keys "
-            f"{_few(missing)}, unexpected keys {_few(unexpected)}; check --factory and "
-            "factory_kwargs"
-        )
-    try:
-        module.load_state_dict(weights, strict=True)
-    except Exception as exc:
-        detail = _one_line(exc, 300)
-        raise ModelError(
-            f"weights in {file.name} do not fit the factory's model ({detail}); check "
-            "--factory and factory_kwargs"
-        ) from exc
-    loaded = _Loaded(fmt=f"{what} + factory", module=module, default_layout="NCHW", fresh=True)
-    loaded.notes["factory"] = source + (f" with {kwargs}" if kwargs else "")
-    if note:
-        loaded.notes["weights"] = note
-    return loaded
-
-
-def _strip_prefix(weights: dict[str, Tensor], expected: set[str]) -> tuple[dict[str, Tensor], str]:
-    """Drop a ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile) prefix if it fits."""
-    if set(weights) == expected:
-        return weights, ""
-    for prefix in ("module.", "_orig_mod."):
-        if weights and all(k.startswith(prefix) for k in weights):
-            stripped = {k[len(prefix) :]: v for k, v in weights.items()}
-            if set(stripped) == expected:
-                return stripped, f"stripped the {prefix!r} prefix from every key"
-    return weights, ""
 
 
 def _few(keys: Sequence[str]) -> str:

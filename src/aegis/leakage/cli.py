@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
+from aegis.cli_options import Overwrite, Seed
 from aegis.errors import ConfigError
+from aegis.io.claim import claimed
 from aegis.report.track_options import Mlflow, MlflowExperiment, MlflowUri, track, wanted
 
 
@@ -76,12 +78,13 @@ def extract(
     ] = 200,
     labels: Annotated[str | None, typer.Option("--labels", "-y", help="Labels .npy.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N test inputs.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed → same result).")] = 0,
+    seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory for results.json.")] = None,
     num_classes: Annotated[int | None, typer.Option(help="Model outputs (classes).")] = None,
     factory: Annotated[
         str | None, typer.Option(help="package.module:function building the network.")
     ] = None,
+    overwrite: Overwrite = False,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
     mlflow_experiment: MlflowExperiment = None,
@@ -106,9 +109,12 @@ def extract(
     from aegis.progress import progress_bar
 
     options = {"num_classes": num_classes, "factory": factory}
-    out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), "extract")
     recipe = SubstituteRecipe(arch=arch, epochs=epochs, min_steps=min_steps, lr=lr)
-    with progress_bar(enabled=sys.stderr.isatty()) as bar:
+    out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), "extract")
+    with (
+        claimed(Path(out_dir), overwrite=overwrite),
+        progress_bar(enabled=sys.stderr.isatty()) as bar,
+    ):
         task = bar.add_task("extract", total=None)
         results = run_extraction(
             model,
@@ -188,8 +194,9 @@ def membership(
     epochs: Annotated[int, typer.Option(help="Epochs of the base recipe.")] = 30,
     lr: Annotated[float, typer.Option(help="Peak learning rate of the base recipe.")] = 2e-3,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed → same result).")] = 0,
+    seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory for results.json.")] = None,
+    overwrite: Overwrite = False,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
     mlflow_experiment: MlflowExperiment = None,
@@ -215,9 +222,12 @@ def membership(
     from aegis.leakage.membership import TargetRecipe, run_membership
     from aegis.progress import progress_bar
 
-    out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), "membership")
     recipe = TargetRecipe(arch=arch, epochs=epochs, lr=lr, batch_size=batch_size)
-    with progress_bar(enabled=sys.stderr.isatty()) as bar:
+    out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), "membership")
+    with (
+        claimed(Path(out_dir), overwrite=overwrite),
+        progress_bar(enabled=sys.stderr.isatty()) as bar,
+    ):
         task = bar.add_task("train target and shadows", total=None)
         results = run_membership(
             data,

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from aegis.cli_options import Overwrite, Seed
+from aegis.io.claim import claimed
 from aegis.report.track_options import Mlflow, MlflowExperiment, MlflowUri, track, wanted
 
 
@@ -104,8 +106,9 @@ def poison(
     test_limit: Annotated[int | None, typer.Option(help="Use only the first N test points.")] = (
         None
     ),
-    seed: Annotated[int, typer.Option(help="Seed of the poisoning, training and detectors.")] = 0,
+    seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory for results.json.")] = None,
+    overwrite: Overwrite = False,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
     mlflow_experiment: MlflowExperiment = None,
@@ -144,30 +147,31 @@ def poison(
     if attack != "label-flip" and source is not None:
         raise ConfigError(f"--source applies to label-flip only, not {attack}")
     out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), "poison")
-    results = run_poisoning(
-        dataset,
-        attack=attack,
-        rate=rate,
-        target=target,
-        source=source,
-        trigger=trigger,
-        pattern=pattern,
-        alpha=alpha,
-        attack_eps=attack_eps,
-        attack_steps=attack_steps,
-        defenses=names,
-        spectral_eps=spectral_eps,
-        spectral_mode=spectral_mode,
-        ac_analysis=ac_analysis,
-        arch=arch,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        seed=seed,
-        out=out_dir,
-    )
+    with claimed(Path(out_dir), overwrite=overwrite):
+        results = run_poisoning(
+            dataset,
+            attack=attack,
+            rate=rate,
+            target=target,
+            source=source,
+            trigger=trigger,
+            pattern=pattern,
+            alpha=alpha,
+            attack_eps=attack_eps,
+            attack_steps=attack_steps,
+            defenses=names,
+            spectral_eps=spectral_eps,
+            spectral_mode=spectral_mode,
+            ac_analysis=ac_analysis,
+            arch=arch,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            train_limit=train_limit,
+            test_limit=test_limit,
+            seed=seed,
+            out=out_dir,
+        )
     p = results["poisoning"]
     typer.echo(
         f"{results['config']['attack']['name']}: {p['n_poisoned']} of {p['n_train']} training "

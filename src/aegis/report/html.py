@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from aegis.atomic import atomic
 from aegis.errors import AegisError
 
 REPORT = "report.html"
@@ -1121,9 +1122,8 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def write_html(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

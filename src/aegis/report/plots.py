@@ -4,8 +4,11 @@ budget curves."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from aegis.atomic import atomic, write_error
 
 
 def save_grid(
@@ -83,12 +86,7 @@ def save_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def save_curve(
@@ -128,12 +126,7 @@ def save_curve(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def save_budget_curve(
@@ -166,9 +159,19 @@ def save_budget_curve(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as ``path`` whole (no temporary file left on any failure), then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic(path, ".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=110)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    finally:
+        plt.close(fig)
     return path

@@ -2,7 +2,10 @@
 
 Every factory returns a plain ``nn.Module`` that takes NCHW input in [0, 1] and returns logits.
 The factories are named in model sidecars as ``aegis.zoo.architectures:<name>`` with their
-keyword arguments, so a saved model can be rebuilt from its sidecar alone.
+keyword arguments, so a saved model can be rebuilt from its sidecar alone. A sidecar can name only
+a registered architecture: one of :data:`ARCHITECTURES` (add your own with
+:func:`register_architecture`) or one an installed package declares under the entry-point group
+``aegis.architectures``; :func:`find_architecture` resolves a sidecar's name by exact lookup.
 
     >>> net = mnist_cnn()
     >>> net(torch.zeros(2, 1, 28, 28)).shape
@@ -11,7 +14,9 @@ keyword arguments, so a saved model can be rebuilt from its sidecar alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
 
 from torch import Tensor, nn
 
@@ -115,6 +120,86 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 DATASET_ARCH: dict[str, str] = {"mnist": "mnist_cnn", "digits": "digits_cnn"}
 """The reference architecture of each built-in dataset."""
 
+ENTRY_POINT_GROUP = "aegis.architectures"
+"""Installed packages declare architectures here: ``[project.entry-points."aegis.architectures"]``
+``my_net = "my_pkg.models:my_net"``."""
+
+_ZOO_PREFIXES = ("aegis.zoo.architectures:", "aegis.zoo:")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+Factory = Callable[..., nn.Module]
+
+
+def register_architecture(name: str, factory: Factory, *, replace: bool = False) -> Factory:
+    """Register ``factory`` as architecture ``name`` (then sidecars may name it); returns it.
+
+    Example::
+
+        register_architecture("my_net", my_net)  # a sidecar may now say "factory": "my_net"
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"architecture name must be letters, digits, '_' or '-', got {name!r}; rename it"
+        )
+    if not callable(factory):
+        raise ConfigError(f"architecture {name!r} must be a callable, got {type(factory).__name__}")
+    existing = ARCHITECTURES.get(name)
+    if existing is not None and existing is not factory and not replace:
+        raise ConfigError(
+            f"architecture {name!r} is already registered; pick another name or pass replace=True"
+        )
+    ARCHITECTURES[name] = factory
+    return factory
+
+
+def list_architectures() -> list[str]:
+    """The registered names and those installed packages declare, sorted."""
+    return sorted(set(ARCHITECTURES) | {ep.name for ep in _entry_points()})
+
+
+def find_architecture(spec: str) -> Factory | None:
+    """The registered factory ``spec`` names, by exact lookup only, or None.
+
+    ``spec`` is ``aegis.zoo.architectures:NAME`` or ``aegis.zoo:NAME`` (a key of
+    :data:`ARCHITECTURES`), a bare registered ``NAME``, or the name or the value
+    (``"package.module:function"``) of an entry point in :data:`ENTRY_POINT_GROUP`. Nothing is
+    resolved by walking attributes, and no module is imported except a matching entry point's.
+    """
+    if not isinstance(spec, str):
+        return None
+    for prefix in _ZOO_PREFIXES:
+        if spec.startswith(prefix) and spec[len(prefix) :] in ARCHITECTURES:
+            return ARCHITECTURES[spec[len(prefix) :]]
+    if spec in ARCHITECTURES:
+        return ARCHITECTURES[spec]
+    for ep in _entry_points():
+        if spec in (ep.name, ep.value):
+            return _load_entry_point(ep)
+    return None
+
+
+def _entry_points() -> Iterable[metadata.EntryPoint]:
+    try:
+        return metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception:  # broken package metadata must not break loading aegis' own models
+        return ()
+
+
+def _load_entry_point(ep: metadata.EntryPoint) -> Factory:
+    try:
+        factory = ep.load()
+    except Exception as exc:
+        raise ConfigError(
+            f"architecture {ep.name} = {ep.value} (group {ENTRY_POINT_GROUP}) cannot be loaded "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); reinstall its package"
+        ) from exc
+    if not callable(factory):
+        raise ConfigError(
+            f"architecture {ep.name} = {ep.value} is not callable; fix its package's entry point"
+        )
+    built: Factory = factory
+    return built
+
 
 def create(name: str, **kwargs: object) -> nn.Module:
     """Build the architecture registered as ``name`` with its keyword arguments."""
@@ -144,10 +229,14 @@ def _check_classes(num_classes: int) -> None:
 __all__ = [
     "ARCHITECTURES",
     "DATASET_ARCH",
+    "ENTRY_POINT_GROUP",
     "ConvNet",
     "TinyMLP",
     "create",
     "digits_cnn",
+    "find_architecture",
+    "list_architectures",
     "mnist_cnn",
+    "register_architecture",
     "tiny_mlp",
 ]

@@ -1,0 +1,1 @@
+"""User workflows: resolve inputs, compute through the core, assemble and write a run."""
