@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -127,11 +128,16 @@ def validate_info(info: ModelInfo) -> None:
     channels = info.input_shape[0]
     for name, value in (("mean", info.mean), ("std", info.std)):
         if value is not None and len(value) not in (1, channels):
+            need = "1 value" if channels == 1 else f"1 value (all channels) or {channels}"
             raise ConfigError(
-                f"{name} needs 1 or {channels} values (one per channel), got {len(value)}"
+                f"--{name} needs {need} for this {channels}-channel model, got {len(value)} "
+                f"({', '.join(f'{v:g}' for v in value)})"
             )
+    for name, value in (("bounds", info.bounds), ("mean", info.mean), ("std", info.std)):
+        if value is not None and not all(math.isfinite(v) for v in value):
+            raise ConfigError(f"--{name} must be finite numbers, got {value}")
     if info.std is not None and min(info.std) <= 0:
-        raise ConfigError(f"std must be > 0, got {info.std}")
+        raise ConfigError(f"--std must be > 0, got {info.std}")
 
 
 class Classifier:
