@@ -755,13 +755,18 @@ def train(
 
 
 def _model_options(
-    num_classes: int | None, factory: str | None, device: str | None, batch_size: int | None
+    num_classes: int | None,
+    factory: str | None,
+    device: str | None,
+    batch_size: int | None,
+    trust_sidecar: bool = False,
 ) -> dict[str, Any]:
     options = {
         "num_classes": num_classes,
         "factory": factory,
         "device": device,
         "batch_size": batch_size,
+        "trust_sidecar": trust_sidecar or None,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -919,6 +924,7 @@ def certify(
         str | None, typer.Option(help="package.module:function building the network.")
     ] = None,
     device: Device = None,
+    trust_sidecar: TrustSidecar = False,
     overwrite: Overwrite = False,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
@@ -952,7 +958,7 @@ def certify(
             seed=seed,
             out=out_dir,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
-            model_options=_model_options(num_classes, factory, device, None),
+            model_options=_model_options(num_classes, factory, device, None, trust_sidecar),
         )
     c = results["certification"]
     typer.echo(
@@ -1032,6 +1038,7 @@ def detect(
         str | None, typer.Option(help="package.module:function building the network.")
     ] = None,
     device: Device = None,
+    trust_sidecar: TrustSidecar = False,
     overwrite: Overwrite = False,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
@@ -1071,7 +1078,7 @@ def detect(
             adaptive_weights=_floats(adaptive_weights, "--adaptive-weights") or (),
             seed=seed,
             out=out_dir,
-            model_options=_model_options(num_classes, factory, device, batch_size),
+            model_options=_model_options(num_classes, factory, device, batch_size, trust_sidecar),
             steps=steps,
         )
     d = results["detection"]

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aegis.cli_options import Overwrite, Seed
+from aegis.cli_options import Overwrite, Seed, TrustSidecar
 from aegis.errors import ConfigError
 from aegis.io.claim import claimed
 from aegis.report.track_options import Mlflow, MlflowExperiment, MlflowUri, track, wanted
@@ -84,6 +84,7 @@ def extract(
     factory: Annotated[
         str | None, typer.Option(help="package.module:function building the network.")
     ] = None,
+    trust_sidecar: TrustSidecar = False,
     overwrite: Overwrite = False,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
@@ -108,7 +109,7 @@ def extract(
     from aegis.leakage.extraction import SubstituteRecipe, run_extraction
     from aegis.progress import progress_bar
 
-    options = {"num_classes": num_classes, "factory": factory}
+    options = {"num_classes": num_classes, "factory": factory, "trust_sidecar": trust_sidecar}
     recipe = SubstituteRecipe(arch=arch, epochs=epochs, min_steps=min_steps, lr=lr)
     out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), "extract")
     with (
