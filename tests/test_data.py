@@ -220,7 +220,7 @@ def test_integral_values_up_to_255_scaled(tmp_path: Path, dtype: type) -> None:
     arr[0, 0, 0] = 255
     ds = load_dataset(str(_save(tmp_path / "x.npy", arr)))
     assert ds.x.max() == 1.0
-    assert "integral values <= 255" in str(ds.provenance["scaling"])
+    assert "whole numbers in 0-255" in str(ds.provenance["scaling"])
 
 
 def test_unit_range_kept_and_scale_flags(tmp_path: Path) -> None:
@@ -230,8 +230,12 @@ def test_unit_range_kept_and_scale_flags(tmp_path: Path) -> None:
     wide = _save(tmp_path / "w.npy", (RNG.random((6, 8, 8)) * 4 - 2).astype(np.float32))
     with pytest.raises(DataError, match="--scale none"):
         load_dataset(str(wide))
-    kept = load_dataset(str(wide), scale="none")
+    with pytest.raises(DataError, match=r"outside the model's bounds \[0, 1\]"):
+        load_dataset(str(wide), scale="none")  # kept as given, so it must fit the bounds
+    kept = load_dataset(str(wide), scale="none", bounds=(-2.0, 2.0))
     assert kept.x.min() < 0 and "none" in str(kept.provenance["scaling"])
+    auto = load_dataset(str(wide), bounds=(-2.0, 2.0))  # within the bounds: kept
+    assert np.array_equal(auto.x, kept.x) and "within the bounds" in str(auto.provenance["scaling"])
     ints = _save(tmp_path / "i.npy", np.full((3, 8, 8), 51, dtype=np.int32))
     assert np.allclose(load_dataset(str(ints), scale="255").x, 0.2)
     with pytest.raises(DataError, match="--scale none"):
@@ -242,8 +246,18 @@ def test_unit_range_kept_and_scale_flags(tmp_path: Path) -> None:
 def test_out_of_range_values(tmp_path: Path, value: float) -> None:
     arr = np.zeros((3, 8, 8), dtype=np.float32)
     arr[0, 0, 0] = value
-    with pytest.raises(DataError, match="--scale none"):
+    with pytest.raises(DataError, match=r"--scale none|--scale 255") as info:
         load_dataset(str(_save(tmp_path / "x.npy", arr)))
+    assert "[0, 1]" in str(info.value) and "--bounds" in str(info.value)  # both ranges, the fix
+
+
+def test_uint8_data_for_a_0_255_model_stays_0_255(tmp_path: Path) -> None:
+    arr = RNG.integers(0, 256, (5, 8, 8)).astype(np.uint8)
+    ds = load_dataset(str(_save(tmp_path / "x.npy", arr)), bounds=(0.0, 255.0))
+    assert np.array_equal(ds.x[:, 0], arr.astype(np.float32))  # exact, not 255·(k/255)
+    assert ds.provenance["original_range"] == [float(arr.min()), float(arr.max())]
+    minus = load_dataset(str(_save(tmp_path / "y.npy", arr)), bounds=(-1.0, 1.0))
+    np.testing.assert_allclose(minus.x[:, 0], arr / 127.5 - 1, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

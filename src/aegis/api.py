@@ -16,11 +16,12 @@ from aegis import sanity
 from aegis.attacks.base import Attack
 from aegis.defenses.preprocessing import DefendedClassifier, Preprocessor, defend, parse_preprocess
 from aegis.engine import Evaluation, ProgressFn, evaluate
-from aegis.errors import ConfigError, DataError
+from aegis.errors import ConfigError
 from aegis.executors import Executor, create_executor
 from aegis.io import rundir
 from aegis.io.claim import PROGRESS, claimed
-from aegis.io.data import Dataset, load_dataset
+from aegis.io.data import Dataset
+from aegis.io.inputs import load_inputs
 from aegis.metrics import (
     adversarial_accuracy,
     clean_accuracy,
@@ -60,79 +61,6 @@ class AttackRun:
     def reached_threshold(self) -> bool | None:
         reached = self.metrics["verdict"]["reached"]
         return None if reached is None else bool(reached)
-
-
-def _as_dataset(
-    data: Dataset | str | Path | tuple[np.ndarray, np.ndarray],
-    labels: str | Path | None,
-    data_options: dict[str, Any],
-) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, tuple):
-        x, y = data
-        return Dataset(
-            x=np.asarray(x, np.float32),
-            y=np.asarray(y, np.int64),
-            name="arrays",
-            num_classes=None,
-            provenance={"source": "in-memory arrays"},
-        )
-    return load_dataset(str(data), labels=None if labels is None else str(labels), **data_options)
-
-
-def _as_classifier(
-    model: Classifier | str | Path, dataset: Dataset, model_options: dict[str, Any]
-) -> Classifier:
-    if isinstance(model, Classifier):
-        return model
-    from aegis.io.models import load_classifier
-
-    options = dict(model_options)
-    options.setdefault("input_shape_hint", tuple(dataset.x.shape[1:]))
-    return load_classifier(str(model), **options)
-
-
-def load_inputs(
-    model: Classifier | str | Path,
-    data: Dataset | str | Path | tuple[np.ndarray, np.ndarray],
-    labels: str | Path | None,
-    limit: int | None,
-    data_options: dict[str, Any] | None,
-    model_options: dict[str, Any] | None,
-) -> tuple[Classifier, Dataset, np.ndarray]:
-    """The dataset (its first ``limit`` inputs), the model loaded for it, and the labels
-    checked against the model's outputs."""
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be >= 1, got {limit}")
-    options = dict(data_options or {})
-    from_file = isinstance(data, (str, Path))
-    if from_file and limit is not None:
-        options["limit"] = limit  # read only the first rows of the file, never all of it
-    dataset = _as_dataset(data, labels, options)
-    if limit is not None and not from_file:
-        dataset = dataset.subset(limit)
-    clf = _as_classifier(model, dataset, dict(model_options or {}))
-    return clf, dataset, check_compatible(clf, dataset)
-
-
-def check_compatible(model: Classifier, dataset: Dataset) -> np.ndarray:
-    """Data and model must agree on the input shape, and the data needs labels; returns them.
-
-    Label ranges and the input box are checked by ``engine.evaluate`` for every caller."""
-    shape = tuple(dataset.x.shape[1:])
-    if shape != model.input_shape:
-        what = "channels" if shape[1:] == model.input_shape[1:] else "shape (C, H, W)"
-        raise DataError(
-            f"the data has {what} {shape if what != 'channels' else shape[0]} but the model "
-            f"expects {model.input_shape if what != 'channels' else model.input_shape[0]}; "
-            "pass --data-layout NCHW/NHWC if the data file was misread, else --input-shape / "
-            "--layout for the model"
-        )
-    y = dataset.y
-    if y is None:
-        raise DataError("the data has no labels; pass --labels FILE.npy")
-    return y
 
 
 def _budgets(eps: float | str | Sequence[float] | None, minimal: bool) -> list[float]:
@@ -333,7 +261,7 @@ def _attack(
     on_loaded: Callable[[Classifier, Dataset], None] | None,
 ) -> AttackRun:
     """Load, measure, assemble and (with ``out_dir``, already claimed) write one attack run."""
-    clf, dataset, y = load_inputs(model, data, *loading)
+    clf, dataset, y = load_inputs(model, data, *loading, unlabeled=True)
     if plan.preprocess:
         clf = defend(
             clf, plan.preprocess, adaptive=plan.adaptive, eot_samples=plan.eot_samples,
@@ -441,10 +369,15 @@ def _assemble(
         found = getattr(r, norm)[r.success]
     flags = _sanity(clf, dataset, y, evals, plan.attacks, per_budget, norm, minimal)
     names = sanity.raised(flags)
-    metrics = summarize(head, clf.num_classes, threshold, names)
-    metrics["confusion"] = confusion_matrices(head, clf.num_classes)
+    labeled = dataset.y is not None
+    metrics = summarize(head, clf.num_classes, threshold, names, labeled=labeled)
+    metrics["confusion"] = confusion_matrices(head, clf.num_classes) if labeled else None
     config = dict(evals[-1].config)
     config["threat"] = ThreatModel(norm, head_eps, plan.targets is not None).to_dict()
+    if clf.units is not None and norm != "l0":  # budgets are fractions of the bounds' width
+        width = clf.units[1] - clf.units[0]
+        config["threat"]["eps_model_units"] = head_eps * width
+        config["threat"]["units"] = f"fractions of the bounds' width {width:g}"
     config["minimal_norm"] = minimal
     results: dict[str, Any] = {
         **rundir.header(plan.seed),
@@ -466,7 +399,7 @@ def _assemble(
         results["sweep"] = [
             {
                 "eps": e,
-                "metrics": summarize(rec, clf.num_classes, threshold, names),
+                "metrics": summarize(rec, clf.num_classes, threshold, names, labeled=labeled),
                 **({} if minimal else {"records": rec.to_dict()}),
             }
             for e, rec in per_budget

@@ -78,14 +78,21 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 
 
 def _budget_list(text: str | None) -> list[float] | None:
+    """``--eps``: numbers, fractions such as ``8/255``, ``inf``, comma-separated."""
     if text is None:
         return None
     try:
-        return [float(v) for v in text.split(",")]
-    except ValueError as exc:
+        return [_number(v) for v in text.split(",")]
+    except (ValueError, ZeroDivisionError) as exc:
         raise ConfigError(
-            f"--eps takes a number, 'inf' or comma-separated numbers, got {text!r}"
+            f"--eps takes a number, a fraction such as 8/255, 'inf' or comma-separated "
+            f"numbers, got {text!r}"
         ) from exc
+
+
+def _number(text: str) -> float:
+    top, sep, bottom = text.partition("/")
+    return float(top) / float(bottom) if sep else float(text)
 
 
 def _params(items: list[str] | None) -> dict[str, Any]:
@@ -159,16 +166,23 @@ def attack(
     eps: Annotated[
         str | None,
         typer.Option(
-            help="Perturbation budget in the norm's units (pixel scale [0, 1]); several, "
-            "comma-separated (0.1,0.2,0.3), sweep the budget; 'inf' is unbounded. Default: "
-            "0.3, or unbounded for a minimal-norm attack (fmn, ddn, cw, deepfool, fab, ...), "
-            "which then reports each input's smallest adversarial perturbation."
+            help="Perturbation budget as a fraction of the width of the model's --bounds (the "
+            "RobustBench/AutoAttack convention: 8/255 is 8 grey levels whether the model takes "
+            "[0, 1] or 0-255; for a [0, 1] model it is the plain value; l0 counts pixels). "
+            "Fractions such as 8/255 are accepted; the value in the model's units is printed "
+            "and recorded beside it. Several, comma-separated (0.1,0.2,0.3), sweep the budget; "
+            "'inf' is unbounded. Default: 0.3, or unbounded for a minimal-norm attack (fmn, "
+            "ddn, cw, deepfool, fab, ...), which then reports each input's smallest "
+            "adversarial perturbation."
         ),
     ] = None,
     step_size: Annotated[
         float | None,
         typer.Option(
-            "--step-size", "--step", help="Step size η of each iteration (default: the attack's)."
+            "--step-size",
+            "--step",
+            help="Step size η of each iteration, like --eps a fraction of the bounds' width "
+            "(default: the attack's).",
         ),
     ] = None,
     steps: Annotated[
@@ -277,7 +291,11 @@ def attack(
         str | None, typer.Option(help="Model input C,H,W, e.g. 1,28,28.")
     ] = None,
     bounds: Annotated[
-        str | None, typer.Option(help="Valid input range low,high (default 0,1).")
+        str | None,
+        typer.Option(
+            help="The model's valid input range low,high (default 0,1; e.g. 0,255 for a model "
+            "on raw pixels). The data is brought to it (uint8 stays 0-255 for 0,255)."
+        ),
     ] = None,
     mean: Annotated[str | None, typer.Option(help="Per-channel mean the model subtracts.")] = None,
     std: Annotated[str | None, typer.Option(help="Per-channel std the model divides by.")] = None,
@@ -301,7 +319,12 @@ def attack(
         typer.Option(help="Layout of the data file: NCHW, NHWC or flat (default: detected)."),
     ] = None,
     scale: Annotated[
-        str, typer.Option(help="Data scaling: auto (uint8/0–255 → [0,1]), 255, or none.")
+        str,
+        typer.Option(
+            help="How the data reaches the model's --bounds: auto (uint8 and whole-number "
+            "0-255 pixels are mapped onto the bounds, values already within them kept), 255 "
+            "(0-255 pixels, mapped onto the bounds) or none (kept; must fit the bounds)."
+        ),
     ] = "auto",
     device: Device = None,
     preprocess: Annotated[
@@ -479,6 +502,10 @@ def _executor_note(executor: Any) -> str:
     return f" · {executor.get('workers')} Ray workers"
 
 
+def _fmt_eps(v: float | str) -> str:
+    return v if isinstance(v, str) else f"{v:.4g}"
+
+
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{v:.1%}"
 
@@ -495,7 +522,12 @@ def _print_summary(run: Any) -> None:
     console.print(
         f"model {res['model']['source'] or res['model']['name']} · data {data['name']} "
         f"({m['n']} inputs) · attack {cfg['attack']['name']} {cfg['threat']['norm']} "
-        f"ε={cfg['threat']['eps']}"
+        f"ε={_fmt_eps(cfg['threat']['eps'])}"
+        + (
+            f" of the bounds' width (= {cfg['threat']['eps_model_units']:.4g} in the model's units)"
+            if "eps_model_units" in cfg["threat"]
+            else ""
+        )
         + (f" · target {cfg['targets']}" if cfg["targets"] is not None else "")
         + _executor_note(cfg.get("executor"))
     )
@@ -509,11 +541,12 @@ def _print_summary(run: Any) -> None:
             f"macro {key}", _pct(m["clean"][f"macro_{key}"]), _pct(m["adversarial"][f"macro_{key}"])
         )
     console.print(table)
+    if "labels" in m:
+        console.print(f"labels: {m['labels']}", markup=False)
     s = m["success"]
     nrm = m["norms"]
-    extra = (
-        f", {s['excluded_target']} excluded (true label = target)" if s["excluded_target"] else ""
-    )
+    why = "true label = target" if "labels" not in m else "already predicted as the target"
+    extra = f", {s['excluded_target']} excluded ({why})" if s["excluded_target"] else ""
     console.print(
         f"success rate {_pct(s['rate'])} ({s['successes']}/{s['attacked']} attacked{extra}); "
         f"median L∞ {_fmt(nrm['linf']['median'])}, L2 {_fmt(nrm['l2']['median'])}, "
@@ -594,44 +627,18 @@ def _fmt(v: float | None) -> str:
 @app.command()
 def attacks(
     pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'pgd*'.")] = "*",
+    wide: Annotated[
+        bool, typer.Option("--wide", help="One line per attack, for wide terminals.")
+    ] = False,
 ) -> None:
-    """List the attacks and suites: norms, access (gradients or queries only), whether they
-    take a target, whether they are minimal-norm, their parameters and paper."""
-    from rich.console import Console
-    from rich.table import Table
+    """List the attacks, suites and aliases: norms, access (gradients or queries only), whether
+    they take a target, whether they are minimal-norm, their parameters with defaults, paper."""
+    import shutil
 
-    from aegis.registry import list_attacks, list_ensembles
+    from aegis.cli_listing import attacks_text
 
-    table = Table(
-        "name", "norms", "access", "targeted", "minimal", "parameters", "paper", "summary"
-    )
-    for s in list_attacks(pattern):
-        table.add_row(
-            s.name,
-            ",".join(s.norms),
-            "gradients" if s.needs_gradients else "queries",
-            "yes" if s.targeted else "no",
-            "yes" if s.minimal else "no",
-            ", ".join(s.parameters()),
-            s.paper,
-            s.summary,
-        )
-    console = Console()
-    console.print(table)
-    suites = list_ensembles(pattern)
-    if suites:
-        table = Table("suite", "norms", "members (in order)", "budgets", "paper", "summary")
-        for e in suites:
-            first = e.members[e.norms[0]]
-            table.add_row(
-                e.name,
-                ",".join(e.norms),
-                " → ".join(n for n, _ in first),
-                "fixed" if e.fixed else "may be overridden",
-                e.paper,
-                e.summary,
-            )
-        console.print(table)
+    width = shutil.get_terminal_size().columns
+    typer.echo(attacks_text(width, wide=wide, pattern=pattern), nl=False)
 
 
 @app.command()
@@ -662,16 +669,11 @@ def defenses(
 @app.command()
 def datasets() -> None:
     """List the built-in offline datasets."""
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
 
-    from aegis.io.data import list_datasets
+    from aegis.cli_listing import datasets_text
 
-    rows = list_datasets()
-    table = Table(*[str(k) for k in rows[0]]) if rows else Table("name")
-    for row in rows:
-        table.add_row(*[str(v) for v in row.values()])
-    Console().print(table)
+    typer.echo(datasets_text(shutil.get_terminal_size().columns), nl=False)
 
 
 @app.command(no_args_is_help=False)

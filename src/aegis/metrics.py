@@ -193,7 +193,11 @@ def minimal_norms(rec: Records, norm: str, grid: list[float] | None = None) -> d
 
 
 def verdict(
-    rec: Records, threshold: float | None, flags: list[str] | None = None
+    rec: Records,
+    threshold: float | None,
+    flags: list[str] | None = None,
+    *,
+    labeled: bool = True,
 ) -> dict[str, Any]:
     """Does the attack reach the required success rate? Never a robustness certificate.
 
@@ -202,7 +206,11 @@ def verdict(
     """
     sr = success_rate(rec)
     rate = sr["rate"]
-    goal = "reach their target class" if rec.targeted else "be misclassified"
+    goal = (
+        "reach their target class"
+        if rec.targeted
+        else ("be misclassified" if labeled else "change the model's prediction")
+    )
     warn = (
         f"SUSPICIOUS evaluation (sanity checks: {', '.join(flags)}); treat the numbers as "
         "unreliable until an adaptive attack confirms them. "
@@ -226,7 +234,9 @@ def verdict(
         reached = rate >= threshold
         word = "SUCCEEDS" if reached else "FAILS"
         text = f"attack {word}: {share}; required {threshold:.1%}"
-    if not rec.targeted:
+    if not labeled:
+        text += "; the data has no labels: the model's clean predictions stood in for them"
+    elif not rec.targeted:
         acc = adversarial_accuracy(rec)
         text += (
             f"; accuracy under attack {acc:.1%} is an upper bound on robust accuracy, "
@@ -246,9 +256,16 @@ def summarize(
     num_classes: int,
     threshold: float | None = None,
     flags: list[str] | None = None,
+    *,
+    labeled: bool = True,
 ) -> dict[str, Any]:
-    """Every metric of an evaluation, as stored in ``results.json``."""
-    return {
+    """Every metric of an evaluation, as stored in ``results.json``.
+
+    ``labeled=False``: the data had no labels and ``rec.y`` holds the model's own clean
+    predictions. Accuracy, precision, recall and F1 then say nothing and are None (with
+    ``labels`` saying why); the success rate is the figure: reaching the target, or (untargeted)
+    changing the prediction."""
+    out: dict[str, Any] = {
         "n": len(rec),
         "clean_accuracy": clean_accuracy(rec),
         "adversarial_accuracy": adversarial_accuracy(rec),
@@ -257,8 +274,22 @@ def summarize(
         "adversarial": precision_recall_f1(rec.y, rec.adv_pred, num_classes),
         "norms": norm_stats(rec),
         "calls": call_stats(rec),
-        "verdict": verdict(rec, threshold, flags),
+        "verdict": verdict(rec, threshold, flags, labeled=labeled),
     }
+    if not labeled:
+        out["labels"] = NO_LABELS
+        out["clean_accuracy"] = out["adversarial_accuracy"] = None
+        if not rec.targeted:
+            out["predictions_kept"] = adversarial_accuracy(rec)
+        for part in ("clean", "adversarial"):
+            out[part] = {key: None for key in out[part]}
+    return out
+
+
+NO_LABELS = (
+    "n/a: no labels (the model's own clean predictions stood in; accuracy, precision, recall "
+    "and F1 need true labels)"
+)
 
 
 # -- certification ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ turns it off.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -469,8 +470,49 @@ class Classifier:
             "inference": "module" if self._frozen is None else "torchscript-frozen",
             "memory_format": "channels_last" if self._channels_last else "contiguous",
             **self.info.to_dict(),
+            **({} if self.units is None else {"units": list(self.units)}),
             "provenance": self.provenance,
         }
+
+    units: tuple[float, float] | None = None
+    """The model's own bounds, where this Classifier sees them as [0, 1] (``in_unit_box``)."""
+
+    def in_unit_box(self) -> Classifier:
+        """This model seen on [0, 1]: input ``u`` is the model's ``low + u·(high − low)``, so
+        every budget, step size and norm is a fraction of the bounds' width (RobustBench's
+        convention: ε = 8/255 is 8 grey levels on [0, 1] and on 0–255 alike). The mapping is
+        folded into the normalization; the module and its predictions are unchanged."""
+        lo, hi = self.bounds
+        if (lo, hi) == (0.0, 1.0):
+            return self
+        width = hi - lo
+        mean = self.info.mean or (0.0,)
+        std = self.info.std or (1.0,)
+        info = dataclasses.replace(
+            self.info,
+            bounds=(0.0, 1.0),
+            mean=tuple((m - lo) / width for m in mean),
+            std=tuple(s / width for s in std),
+        )
+        note = (
+            f"model bounds [{lo:g}, {hi:g}]: attacked in units of their width "
+            f"(input = {lo:g} + {width:g}·u for u in [0, 1]); eps, step sizes and norms are "
+            f"fractions of {width:g}"
+        )
+        unit = Classifier(
+            self.module,
+            info,
+            query_fn=self.query_fn,
+            device=self.device,
+            batch_size=self.batch_size,
+            name=self.name,
+            source=self.source,
+            provenance={**self.provenance, "units": note},
+            frozen_inference=self._try_frozen,
+            fast_layout=self._try_layout,
+        )
+        unit.units = (lo, hi)
+        return unit
 
 
 def _mode_sensitive(module: torch.nn.Module) -> bool:

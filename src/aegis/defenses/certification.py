@@ -280,8 +280,8 @@ def run_certify(
     a ``certification`` section with certified accuracy at each radius and the abstain rate,
     and the per-sample certificates."""
 
-    from aegis.api import load_inputs
     from aegis.io import rundir
+    from aegis.io.inputs import load_inputs
     from aegis.metrics import certification_summary
 
     grid = [float(r) for r in radii]

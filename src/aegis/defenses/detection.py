@@ -629,8 +629,8 @@ def run_detect(
     model's predictions as labels; it is evaluated on the first ``limit`` inputs of ``data``.
     ``detector_params`` are the named detector's hyper-parameters (None values are skipped)."""
 
-    from aegis.api import _as_classifier, _as_dataset, check_compatible
     from aegis.io import rundir
+    from aegis.io.inputs import as_classifier, as_dataset, check_compatible
     from aegis.registry import create_all
 
     if fit_limit < 2:
@@ -650,10 +650,10 @@ def run_detect(
     algo = create_all(attack, norm=norm, **attack_params)
     threat = ThreatModel(norm, eps)
     options = dict(data_options or {})
-    full = _as_dataset(data, labels, options)
+    full = as_dataset(data, labels, options)
     dataset = full.subset(limit) if limit is not None else full
     if fit_data is not None:
-        fit_set = _as_dataset(fit_data, None, options)
+        fit_set = as_dataset(fit_data, None, options)
         fit_x = fit_set.x[:fit_limit]
         fit_source = "fit data"
     elif (
@@ -665,7 +665,7 @@ def run_detect(
             "test",
         )
     ):
-        fit_set = _as_dataset(data, None, {**options, "split": "train"})
+        fit_set = as_dataset(data, None, {**options, "split": "train"})
         fit_x = fit_set.x[:fit_limit]
         fit_source = f"{data} train split"
     else:
@@ -676,7 +676,7 @@ def run_detect(
         raise DataError(
             "no clean inputs left to fit the detector on; pass --fit-data or a smaller --limit"
         )
-    clf = _as_classifier(model, dataset, dict(model_options or {}))
+    clf = as_classifier(model, dataset, dict(model_options or {}))
     y = check_compatible(clf, dataset)
     fitted = det.fit(clf, fit_x)
     aware: DetectorAwarePGD | bool = (

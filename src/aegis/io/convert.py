@@ -117,8 +117,16 @@ def check_finite(x: np.ndarray, what: str) -> None:
         raise DataError(f"{what} contains {bad} NaN or inf values; clean or drop those samples")
 
 
-def scale_values(x: np.ndarray, scale: str, what: str) -> tuple[np.ndarray, str, float]:
-    """Return (float32 values, how they were scaled, divisor)."""
+def scale_values(
+    x: np.ndarray, scale: str, what: str, bounds: tuple[float, float] = (0.0, 1.0)
+) -> tuple[np.ndarray, str, float]:
+    """Return (float32 values in the model's ``bounds``, how they were brought there, the
+    divisor of 0–255 pixels: 255, else 1).
+
+    0–255 pixels (uint8, or whole numbers up to 255 that do not fit the bounds) are mapped
+    linearly onto the bounds: kept as they are for a 0–255 model, divided by 255 for [0, 1].
+    Values that already lie within the bounds are kept. Anything else is an error naming both
+    ranges."""
     if x.dtype == np.bool_:
         x = x.astype(np.float32)  # 0/1 masks are already in [0, 1]
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
@@ -126,39 +134,54 @@ def scale_values(x: np.ndarray, scale: str, what: str) -> tuple[np.ndarray, str,
             f"{what} has dtype {x.dtype}; expected integer or floating-point pixel values"
         )
     check_finite(x, what)
-    lo = float(x.min())
-    hi = float(x.max())
+    lo, hi = float(x.min()), float(x.max())
+    low, high = bounds
+    box = f"[{low:g}, {high:g}]"
     if scale == "none":
         out = x.astype(np.float32)
         if not np.isfinite(out).all():
             raise DataError(f"{what} has values beyond float32 range; rescale the data")
+        if lo < low - 1e-6 or hi > high + 1e-6:
+            raise DataError(
+                f"{what} has values in [{lo:.4g}, {hi:.4g}], outside the model's bounds {box} "
+                "(--scale none keeps them); fix --bounds, or pass --scale 255 for 0-255 pixels"
+            )
         return out, "none: values kept as given", 1.0
     if scale == "255":
         if lo < 0 or hi > 255:
             raise DataError(
-                f"{what} has values in [{lo:.4g}, {hi:.4g}], so dividing by 255 does not give "
-                "[0, 1]; use --scale none with the model's --bounds"
+                f"{what} has values in [{lo:.4g}, {hi:.4g}], so they are not 0-255 pixels; "
+                f"use --scale none for values already in the model's bounds {box}"
             )
-        out = (x.astype(np.float64) / 255.0).astype(np.float32)
-        return out, "flag: divided by 255", 255.0
+        return _pixels(x, bounds), f"flag: 0-255 pixels mapped onto the bounds {box}", 255.0
     if x.dtype == np.uint8:
-        return (x / 255.0).astype(np.float32), "auto: uint8 scaled from 0-255 to [0, 1]", 255.0
-    if lo >= 0 and hi <= 1:
-        return x.astype(np.float32), "auto: values already in [0, 1], kept", 1.0
+        return _pixels(x, bounds), f"auto: uint8 0-255 pixels mapped onto the bounds {box}", 255.0
+    if lo >= low and hi <= high:
+        return x.astype(np.float32), f"auto: values already within the bounds {box}, kept", 1.0
     integral = bool(np.all(np.floor(x) == x)) if np.issubdtype(x.dtype, np.floating) else True
     if lo >= 0 and hi <= 255 and integral:
-        out = (x.astype(np.float64) / 255.0).astype(np.float32)
-        return out, "auto: integral values <= 255, divided by 255", 255.0
+        how = f"auto: whole numbers in 0-255, taken as pixels and mapped onto the bounds {box}"
+        return _pixels(x, bounds), how, 255.0
     if lo >= 0 and hi <= 255:
         raise DataError(
             f"{what} has values in [{lo:.4g}, {hi:.4g}]: 0-255 pixel values that are not whole "
-            "numbers; pass --scale 255 to divide them by 255 (or --scale none with the model's "
-            "--bounds)"
+            f"numbers; pass --scale 255 to map them onto the model's bounds {box} (or --bounds "
+            "0,255 for a model that takes 0-255)"
         )
     raise DataError(
-        f"{what} has values in [{lo:.4g}, {hi:.4g}], not [0, 1] nor 0-255; pass --scale none "
-        "and give the model matching --bounds"
+        f"{what} has values in [{lo:.4g}, {hi:.4g}], which fit neither the model's bounds "
+        f"{box} nor 0-255 pixels; give the model's real --bounds with --scale none, or rescale "
+        "the data"
     )
+
+
+def _pixels(x: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """0–255 pixels mapped linearly onto ``bounds`` (exact for [0, 1] and 0–255)."""
+    low, high = bounds
+    if (low, high) == (0.0, 255.0):
+        return x.astype(np.float32)
+    unit = x.astype(np.float64) / 255.0
+    return (unit if (low, high) == (0.0, 1.0) else low + unit * (high - low)).astype(np.float32)
 
 
 def check_input_shape(x: np.ndarray, input_shape: tuple[int, int, int] | None, layout: str) -> None:

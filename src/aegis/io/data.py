@@ -179,7 +179,12 @@ def _split_indices(n: int, n_train: int, split: str) -> np.ndarray:
 
 
 def _load_builtin(
-    b: _Builtin, *, split: str, scale: str, input_shape: tuple[int, int, int] | None
+    b: _Builtin,
+    *,
+    split: str,
+    scale: str,
+    input_shape: tuple[int, int, int] | None,
+    bounds: tuple[float, float],
 ) -> Dataset:
     raw_x, raw_y = b.fetch()
     if raw_x.shape[0] != b.n_train + b.n_test:
@@ -204,11 +209,13 @@ def _load_builtin(
     }
     if scale == "auto":
         check_finite(x, b.name)
-        out = (x / b.divisor).astype(np.float32)
-        prov["scaling"] = b.scaling
+        low, high = bounds
+        unit = x / b.divisor
+        out = (unit if bounds == (0.0, 1.0) else low + unit * (high - low)).astype(np.float32)
+        prov["scaling"] = b.scaling + ("" if bounds == (0.0, 1.0) else f", mapped onto {bounds}")
         prov["scale_divisor"] = b.divisor
     else:
-        out, how, divisor = scale_values(x, scale, b.name)
+        out, how, divisor = scale_values(x, scale, b.name, bounds)
         prov["scaling"] = how
         prov["scale_divisor"] = divisor
     check_input_shape(out, input_shape, "built-in")
@@ -228,6 +235,7 @@ def load_dataset(
     split: str = "test",
     scale: str = "auto",
     limit: int | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> Dataset:
     """Load a built-in dataset by name, or a ``.npy`` / ``.npz`` file or an image folder.
 
@@ -238,9 +246,12 @@ def load_dataset(
         layout: ``NCHW``, ``NHWC`` or ``flat``; default: detected from the shape.
         input_shape: (C, H, W) the data must have; needed to unflatten non-square flat data.
         split: for built-ins, ``train``, ``test`` or ``all`` (a fixed seeded split).
-        scale: ``auto`` (uint8 or integral values up to 255 → /255; [0, 1] kept), ``none``
-            (keep values, e.g. for a model with other ``bounds``) or ``255`` (divide by 255).
-        limit: keep only the first ``limit`` samples.
+        scale: ``auto`` (uint8, or whole numbers up to 255 outside the bounds: 0–255 pixels,
+            mapped onto ``bounds``; values within the bounds kept), ``none`` (keep values; they
+            must lie within ``bounds``) or ``255`` (0–255 pixels, mapped onto ``bounds``).
+        limit: keep only the first ``limit`` samples (only those are read from a file).
+        bounds: the model's input box the data is brought to (uint8 data with bounds
+            (0, 255) stays 0–255); ``provenance`` records the original range and the scaling.
     """
     _check_options(layout=layout, input_shape=input_shape, split=split, scale=scale, limit=limit)
     builtin = BUILTINS.get(spec.lower())  # a bare name; "./mnist" is a path
@@ -256,13 +267,15 @@ def load_dataset(
     if builtin is not None:
         if labels is not None:
             raise ConfigError(f"built-in dataset {builtin.name} has its own labels; drop --labels")
-        ds = _load_builtin(builtin, split=split, scale=scale, input_shape=input_shape)
+        ds = _load_builtin(
+            builtin, split=split, scale=scale, input_shape=input_shape, bounds=bounds
+        )
     elif is_dir:
         if labels is not None:
             raise ConfigError(
                 "an image folder takes its labels from its sub-folder names; drop --labels"
             )
-        ds = _load_folder(path, scale=scale, input_shape=input_shape, limit=limit)
+        ds = _load_folder(path, scale=scale, input_shape=input_shape, limit=limit, bounds=bounds)
     elif is_file:
         ds = _load_array_file(
             path,
@@ -272,6 +285,7 @@ def load_dataset(
             split=split,
             scale=scale,
             limit=limit,
+            bounds=bounds,
         )
     else:
         problem = _link_problem(path)
@@ -332,6 +346,7 @@ def _load_array_file(
     split: str,
     scale: str,
     limit: int | None,
+    bounds: tuple[float, float],
 ) -> Dataset:
     """Only the first ``limit`` samples are ever read; layout, scaling and checks see those."""
     prov: dict[str, object] = {"source": str(path)}
@@ -345,7 +360,8 @@ def _load_array_file(
     x4, layout_used, decided_by = to_nchw(x, layout, input_shape, path, shape)
     prov["layout"] = layout_used
     prov["layout_decided_by"] = decided_by
-    out, scaling, divisor = scale_values(x4, scale, str(path))
+    prov["original_range"] = _value_range(x4) if x4.dtype.kind in "biuf" else None
+    out, scaling, divisor = scale_values(x4, scale, str(path), bounds)
     prov["scaling"] = scaling
     prov["scale_divisor"] = divisor
     check_input_shape(out, input_shape, layout_used)
@@ -434,7 +450,12 @@ def _value_range(x: np.ndarray) -> list[float] | None:
 
 
 def _load_folder(
-    path: Path, *, scale: str, input_shape: tuple[int, int, int] | None, limit: int | None
+    path: Path,
+    *,
+    scale: str,
+    input_shape: tuple[int, int, int] | None,
+    limit: int | None,
+    bounds: tuple[float, float],
 ) -> Dataset:
     """Images in class sub-folders (sorted names); only the first ``limit`` are read."""
     from PIL import Image, UnidentifiedImageError
@@ -484,7 +505,7 @@ def _load_folder(
     target = "L" if gray else "RGB"
     arr = np.stack([np.asarray(im.convert(target), dtype=np.uint8) for im in images])
     x = arr[:, None, :, :] if gray else arr.transpose(0, 3, 1, 2)
-    out, scaling, divisor = scale_values(x, scale, str(path))
+    out, scaling, divisor = scale_values(x, scale, str(path), bounds)
     check_input_shape(out, input_shape, "image folder")
     y = np.array([label for _, label in files], dtype=np.int64)
     prov: dict[str, object] = {

@@ -1,5 +1,8 @@
 """Keras 3 ``.keras`` and legacy HDF5 (``.h5``/``.hdf5``) models, run on keras' torch backend
 so that they stay differentiable. keras is imported only when such a file is loaded.
+
+HDF5 files (Keras 2.x, tf.keras or Keras 3; whole models or weights only) are read by
+:mod:`aegis.io.keras_legacy`, which repairs Keras 2 configs for Keras 3.
 """
 
 from __future__ import annotations
@@ -8,13 +11,25 @@ import importlib
 import logging
 import os
 import sys
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from aegis.errors import ModelError, UnsafeFileError
-from aegis.io.loaded import _ZIP_MAGIC, Dims, _corrupt, _first_tensor, _Loaded, _one_line
+from aegis.io.keras_legacy import KerasBuild, _load_hdf5, keras_detail
+from aegis.io.keras_repair import lambda_message
+from aegis.io.loaded import (
+    _ZIP_MAGIC,
+    Dims,
+    Factory,
+    _corrupt,
+    _first_tensor,
+    _Loaded,
+    _one_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +96,19 @@ def _keras_softmax(model: Any) -> bool:
     return getattr(activation, "__name__", "") == "softmax"
 
 
-def _load_keras(file: Path, ext: str, head: bytes, *, allow_unsafe: bool) -> _Loaded:
+def _load_keras(
+    file: Path,
+    ext: str,
+    head: bytes,
+    *,
+    allow_unsafe: bool,
+    sidecar: Mapping[str, Any] | None = None,
+    factory: str | Factory | None = None,
+    factory_kwargs: Mapping[str, Any] | None = None,
+    trust_sidecar: bool = False,
+) -> _Loaded:
+    """A ``.keras`` archive, or an HDF5 file: a whole model, or weights plus ``factory`` (or the
+    ``model.to_json()`` architecture where the sidecar is)."""
     if ext == ".keras" and not head.startswith(_ZIP_MAGIC):
         raise ModelError(
             f"{file.name} is not a Keras 3 archive (not a zip); the file is corrupt or truncated: "
@@ -92,23 +119,45 @@ def _load_keras(file: Path, ext: str, head: bytes, *, allow_unsafe: bool) -> _Lo
             f"{file.name} is not an HDF5 file; the file is corrupt or truncated: re-save it with "
             "model.save('model.keras')"
         )
+    if ext == ".keras" and factory is not None:
+        raise ModelError(
+            f"{file.name} is a Keras 3 archive, which carries its own architecture; drop --factory"
+        )
     keras = _import_keras()
-    try:
-        model = keras.saving.load_model(str(file), compile=False, safe_mode=not allow_unsafe)
-    except Exception as exc:
-        text = str(exc)
-        if "safe_mode" in text or "Lambda" in text:
-            raise UnsafeFileError(
-                f"{file.name} has a Keras Lambda layer whose Python bytecode would run on load; "
-                "pass --unsafe-pickle only if you trust its source, or rebuild it without Lambda"
-            ) from exc
-        raise _corrupt(file, "a Keras model", exc) from exc
+    notes: dict[str, str] = {}
+    if ext == ".keras":
+        model, fmt = _load_archive(keras, file, allow_unsafe=allow_unsafe), "keras"
+    else:
+        build = KerasBuild(
+            sidecar=sidecar or {},
+            factory=factory,
+            factory_kwargs=factory_kwargs,
+            trust_sidecar=trust_sidecar,
+            allow_unsafe=allow_unsafe,
+        )
+        model, fmt, notes = _load_hdf5(keras, file, build)
     if not isinstance(model, nn.Module):
         raise ModelError(
             f"keras loaded {type(model).__name__} from {file.name}, not a torch module; "
             "set KERAS_BACKEND=torch before importing keras"
         )
-    legacy = " (legacy HDF5)" if ext != ".keras" else ""
-    loaded = _Loaded(fmt=f"keras{legacy}", module=_KerasModule(model), dims=_keras_dims(model))
+    loaded = _Loaded(fmt=fmt, module=_KerasModule(model), dims=_keras_dims(model))
+    loaded.notes.update(notes)
     loaded.probabilities = _keras_softmax(model)
     return loaded
+
+
+def _load_archive(keras: Any, file: Path, *, allow_unsafe: bool) -> Any:
+    try:
+        return keras.saving.load_model(str(file), compile=False, safe_mode=not allow_unsafe)
+    except Exception as exc:
+        text = str(exc)
+        if not allow_unsafe and ("safe_mode" in text or "Lambda" in text):
+            raise UnsafeFileError(lambda_message(file.name)) from exc
+        if not zipfile.is_zipfile(file):
+            raise _corrupt(file, "a Keras model", exc) from exc
+        raise ModelError(
+            f"keras {keras.__version__} cannot load {file.name} ({keras_detail(exc)}); re-save "
+            "it with this keras version, or as .h5 or weights (model.save_weights) to load with "
+            "--factory"
+        ) from exc

@@ -251,8 +251,16 @@ def _load_file(
         _refuse_explicit_factory(file, factory, "an ONNX graph")
         return _load_onnx(file)
     if ext in (".keras", ".h5", ".hdf5"):
-        _refuse_explicit_factory(file, factory, "a Keras model")
-        return _load_keras(file, ext, head, allow_unsafe=allow_unsafe_pickle)
+        return _load_keras(
+            file,
+            ext,
+            head,
+            allow_unsafe=allow_unsafe_pickle,
+            sidecar=sidecar,
+            factory=factory,
+            factory_kwargs=factory_kwargs,
+            trust_sidecar=trust_sidecar,
+        )
     if ext == ".pt2":
         _refuse_explicit_factory(file, factory, "a torch.export program")
         return _load_exported(file, allow_unsafe=allow_unsafe_pickle)

@@ -376,8 +376,8 @@ def run_extraction(
         The results (also written to ``out``/results.json): an ``extraction`` section with
         one row per substitute in ``runs`` and the fidelity ``curves`` per output policy.
     """
-    from aegis.api import _as_dataset, load_inputs
     from aegis.io import rundir
+    from aegis.io.inputs import as_dataset, load_inputs
 
     budget_list = sorted({int(b) for b in budgets})
     if not budget_list or budget_list[0] < 1:
@@ -397,10 +397,10 @@ def run_extraction(
                 "give the attacker's query data (--query-data FILE or a built-in name); only "
                 "a built-in test set has a default (its train split)"
             )
-        pool_set = _as_dataset(data, None, {"split": "train"})
+        pool_set = as_dataset(data, None, {"split": "train"})
         pool_source = f"{data} train split"
     else:
-        pool_set = _as_dataset(query_data, None, {"split": "train"})
+        pool_set = as_dataset(query_data, None, {"split": "train"})
         pool_source = str(query_data) if not isinstance(query_data, Dataset) else pool_set.name
     pool, resized = fit_pool(pool_set.tensors()[0], victim.input_shape)
     if budget_list[-1] > pool.shape[0]:

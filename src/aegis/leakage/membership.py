@@ -271,9 +271,9 @@ def run_membership(
         The results (also written to ``out``/results.json): a ``membership`` section with one
         row per variant (train/test accuracy and each attack's AUC and TPR at low FPR).
     """
-    from aegis.api import _as_dataset
     from aegis.io import rundir
     from aegis.io.data import BUILTINS
+    from aegis.io.inputs import as_dataset
 
     if shadows < 1:
         raise ConfigError(f"shadows must be >= 1 shadow model, got {shadows}")
@@ -286,7 +286,7 @@ def run_membership(
     options = dict(data_options or {})
     if isinstance(data, str) and data in BUILTINS:
         options.setdefault("split", "train")
-    dataset = _as_dataset(data, labels, options)
+    dataset = as_dataset(data, labels, options)
     if limit is not None:
         dataset = dataset.subset(limit)
     x, y_opt = dataset.tensors()

@@ -49,10 +49,12 @@ def write_attack_run(
 ) -> None:
     """Write the run's files into ``out_dir`` (already claimed), ``results.json`` last."""
     name, norm, targets = plan.name, plan.norm, plan.targets
+    units = results["model"].get("units")  # attacked on [0, 1]: stored in the model's units
+    lo, width = (0.0, 1.0) if units is None else (units[0], units[1] - units[0])
     rundir.write_npz(
         out_dir / "samples.npz",
-        x=dataset.x,
-        x_adv=x_adv,
+        x=(dataset.x * width + lo).astype(np.float32) if units else dataset.x,
+        x_adv=(x_adv * width + lo).astype(np.float32) if units else x_adv,
         y=rec.y,
         clean_pred=rec.clean_pred,
         adv_pred=rec.adv_pred,
