@@ -72,3 +72,23 @@ def hardmax_onnx(path: Path, seed: int = 0) -> None:
     )
     opset = [helper.make_opsetid("", 13)]
     onnx.save(helper.make_model(graph, opset_imports=opset, ir_version=8), str(path))
+
+
+class NoisyMLP(nn.Module):
+    """An MLP for 1×8×8 inputs whose forward warns like a chatty third-party library."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        import warnings
+
+        warnings.warn("third-party chatter", UserWarning, stacklevel=1)
+        out: Tensor = self.net(x)
+        return out
+
+
+def make_noisy() -> NoisyMLP:
+    torch.manual_seed(0)
+    return NoisyMLP()

@@ -30,6 +30,7 @@ from aegis.metrics import (
     summarize,
 )
 from aegis.model import Classifier
+from aegis.normalization import check_normalization
 from aegis.records import Records
 from aegis.registry import create_all
 from aegis.threat import ThreatModel
@@ -42,6 +43,9 @@ DEFAULT_EPS = 0.3
 
 PROBE = 64
 """Clean inputs the model-probing sanity checks look at."""
+
+NORMALIZATION_PROBE = 256
+"""Labeled clean inputs the normalization check scores with each preset."""
 
 
 @dataclass
@@ -240,6 +244,12 @@ def plan_attack(
     budgets = _budgets(eps, minimal)
     ThreatModel(norm, budgets[0])  # validates the norm
     name = attack if isinstance(attack, str) else ",".join(attack)
+    if norm == "linf" and any(1 < e < math.inf for e in budgets):
+        raise ConfigError(
+            f"eps {max(e for e in budgets if e < math.inf):g} is over the bounds' width: an L∞ "
+            "budget is a fraction of it (1 already reaches every input in the box); give e.g. "
+            "--eps 8/255 or 0.3"
+        )
     if not minimal and math.isinf(budgets[-1]):
         raise ConfigError(
             f"eps inf (unbounded) is only for minimal-norm attacks (fmn, ddn, cw, ...); give "
@@ -262,6 +272,7 @@ def _attack(
 ) -> AttackRun:
     """Load, measure, assemble and (with ``out_dir``, already claimed) write one attack run."""
     clf, dataset, y = load_inputs(model, data, *loading, unlabeled=True)
+    early = _normalization_flag(clf, dataset)
     if plan.preprocess:
         clf = defend(
             clf, plan.preprocess, adaptive=plan.adaptive, eot_samples=plan.eot_samples,
@@ -271,7 +282,7 @@ def _attack(
         on_loaded(clf, dataset)
     progress_dir = None if out_dir is None else out_dir / PROGRESS
     evals, per_budget, defense = _measure(plan, clf, dataset, y, progress, progress_dir)
-    results, x_adv, found = _assemble(plan, clf, dataset, y, evals, per_budget, defense)
+    results, x_adv, found = _assemble(plan, clf, dataset, y, evals, per_budget, defense, early)
     head = per_budget[-1][1]
     if out_dir is not None:
         write_attack_run(out_dir, results, dataset, head, x_adv, plan, per_budget[-1][0], found)
@@ -354,6 +365,7 @@ def _assemble(
     evals: list[Evaluation],
     per_budget: list[tuple[float, Records]],
     defense: dict[str, Any] | None,
+    early: list[sanity.Flag],
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
     """results.json's content, the headline's adversarial inputs and (minimal-norm attacks)
     the minimal norms found."""
@@ -367,7 +379,7 @@ def _assemble(
         x_adv = np.where(lost[:, None, None, None], dataset.x, x_adv)
         r = unbounded.records
         found = getattr(r, norm)[r.success]
-    flags = _sanity(clf, dataset, y, evals, plan.attacks, per_budget, norm, minimal)
+    flags = early + _sanity(clf, dataset, y, evals, plan.attacks, per_budget, norm, minimal)
     names = sanity.raised(flags)
     labeled = dataset.y is not None
     metrics = summarize(head, clf.num_classes, threshold, names, labeled=labeled)
@@ -459,6 +471,25 @@ def _shifted(
         return None
     report = progress
     return lambda done: report(offset + done, total)
+
+
+def _normalization_flag(clf: Classifier, dataset: Dataset) -> list[sanity.Flag]:
+    """Whether a common normalization fits the labeled clean data clearly better than none:
+    checked before the attack runs, so the warning comes first."""
+    import torch
+
+    if dataset.y is None:
+        return []
+    k = min(len(dataset.x), NORMALIZATION_PROBE)
+    x, y = torch.from_numpy(dataset.x[:k]), torch.from_numpy(dataset.y[:k])
+    found = check_normalization(clf, x, y)
+    if found is None:
+        return []
+    scores = ", ".join(f"{name} {acc:.1%}" for name, acc in found.accuracy.items())
+    if found.hint:
+        log.warning("normalization: %s", found.hint)
+    evidence = f"clean accuracy on {found.n} labeled inputs: {scores}"
+    return [sanity.Flag("normalization", bool(found.hint), evidence, found.hint or "")]
 
 
 def _sanity(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,10 +63,35 @@ def _root(
     _state["debug"] = debug
     # MLflow configures its own loggers when imported (--mlflow): INFO only with --verbose
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO)
+    # INFO reaches the run directory's aegis.log; the console shows it only with --verbose
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            handler.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """aegis' own warnings are one console line; other libraries' go to the log (the run
+    directory's aegis.log, and the console with --verbose), not the user's terminal."""
+    from aegis.errors import AegisWarning
+
+    if issubclass(category, AegisWarning):
+        logging.getLogger("aegis").warning("%s", message)
+    else:
+        where = f"{Path(filename).name}:{lineno}"
+        logging.getLogger("aegis.third_party").info(
+            "%s (%s): %s", category.__name__, where, message
+        )
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -297,8 +323,18 @@ def attack(
             "on raw pixels). The data is brought to it (uint8 stays 0-255 for 0,255)."
         ),
     ] = None,
-    mean: Annotated[str | None, typer.Option(help="Per-channel mean the model subtracts.")] = None,
-    std: Annotated[str | None, typer.Option(help="Per-channel std the model divides by.")] = None,
+    mean: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-channel mean the model subtracts (on [0, 1] pixels): numbers, or a "
+            "preset: imagenet, cifar10, cifar100, mnist, half (0.5). Without --mean/--std "
+            "aegis tries the presets on labeled clean data and says when one fits better."
+        ),
+    ] = None,
+    std: Annotated[
+        str | None,
+        typer.Option(help="Per-channel std the model divides by: numbers, or a preset name."),
+    ] = None,
     layout: Annotated[
         str | None, typer.Option(help="Model input layout: NCHW, NHWC or flat.")
     ] = None,
@@ -369,6 +405,7 @@ def attack(
         aegis attack model.keras attack_dataset.npy --labels labels.npy --attack bim
         --eps 0.3 --step 0.01 --iterations 100 --target 5 --success-threshold 0.9
     """
+    from aegis import normalization
     from aegis.api import plan_attack, run_attack
     from aegis.io import rundir
     from aegis.progress import progress_bar
@@ -378,8 +415,8 @@ def attack(
             "num_classes": num_classes,
             "input_shape": input_shape,
             "bounds": _floats(bounds, "--bounds"),
-            "mean": _floats(mean, "--mean"),
-            "std": _floats(std, "--std"),
+            "mean": normalization.parse(mean, "mean"),
+            "std": normalization.parse(std, "std"),
             "layout": layout,
             "factory": factory,
             "allow_unsafe_pickle": unsafe_pickle,
@@ -674,6 +711,113 @@ def datasets() -> None:
     from aegis.cli_listing import datasets_text
 
     typer.echo(datasets_text(shutil.get_terminal_size().columns), nl=False)
+
+
+@app.command(no_args_is_help=True)
+def inspect(
+    model: Annotated[str, typer.Argument(help="Model file (any format `aegis attack` takes).")],
+    data: Annotated[
+        str | None,
+        typer.Argument(help="Optional data (.npy, .npz, image folder, built-in name)."),
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option("--labels", "-y", help="Labels .npy for a .npy data file.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Inputs scored (the first N of the data).")] = 512,
+    num_classes: Annotated[int | None, typer.Option(help="Model outputs (classes).")] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Model input C,H,W, e.g. 1,28,28.")
+    ] = None,
+    bounds: Annotated[
+        str | None, typer.Option(help="The model's valid input range low,high (default 0,1).")
+    ] = None,
+    mean: Annotated[str | None, typer.Option(help="Mean: numbers or a preset name.")] = None,
+    std: Annotated[str | None, typer.Option(help="Std: numbers or a preset name.")] = None,
+    layout: Annotated[
+        str | None, typer.Option(help="Model input layout: NCHW, NHWC or flat.")
+    ] = None,
+    factory: Annotated[
+        str | None,
+        typer.Option(help="package.module:function building the network for a weights file."),
+    ] = None,
+    unsafe_pickle: Annotated[
+        bool, typer.Option(help="Allow unpickling (EXECUTES CODE from the file).")
+    ] = False,
+    trust_sidecar: TrustSidecar = False,
+    write_sidecar: Annotated[
+        bool,
+        typer.Option(
+            "--write-sidecar",
+            help="Write what was found (shape, layout, classes, bounds, and a normalization "
+            "that fits the labeled data clearly better) to <model>.json beside the model, "
+            "merged into the sidecar it has, so the next run needs no flags.",
+        ),
+    ] = False,
+) -> None:
+    """Show what aegis sees in MODEL: format, input shape and layout, classes, bounds,
+    normalization, logits or probabilities, white-box or query-only, and where each came from.
+    With DATA that has labels, the clean accuracy, scored with each common normalization too.
+
+    Example: aegis inspect net.onnx test.npz --write-sidecar
+    """
+    from aegis import normalization
+    from aegis.workflows.inspect import inspect_model
+
+    with checking_options():
+        options: dict[str, Any] = {
+            "num_classes": num_classes,
+            "input_shape": input_shape,
+            "bounds": _floats(bounds, "--bounds"),
+            "mean": normalization.parse(mean, "mean"),
+            "std": normalization.parse(std, "std"),
+            "layout": layout,
+            "factory": factory,
+            "allow_unsafe_pickle": unsafe_pickle or None,
+            "trust_sidecar": trust_sidecar or None,
+        }
+        if limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {limit}")
+    report = inspect_model(
+        model,
+        data,
+        labels=labels,
+        limit=limit,
+        model_options={k: v for k, v in options.items() if v is not None},
+        write=write_sidecar,
+    )
+    _print_inspection(report)
+
+
+def _print_inspection(r: dict[str, Any]) -> None:
+    prov = r["provenance"]
+
+    def line(label: str, value: object, key: str | None = None) -> None:
+        src = prov.get(key or label.replace(" ", "_"))
+        typer.echo(f"{label + ':':15} {value}" + (f"  ({src})" if src else ""))
+
+    line("model", r["model"])
+    typer.echo(f"{'format:':15} {r['format']}")
+    line("input shape", "×".join(map(str, r["input_shape"])) + " (C×H×W)")
+    line("layout", r["layout"])
+    line("classes", r["num_classes"], "num_classes")
+    line("bounds", f"[{r['bounds'][0]:g}, {r['bounds'][1]:g}]")
+    line("mean", r["mean"] or "none")
+    line("std", r["std"] or "none")
+    typer.echo(f"{'outputs:':15} {r['outputs']}")
+    gradients = "white-box (gradients flow)" if r["white_box"] else "query-only (no gradients)"
+    line("gradients", gradients)
+    if "data" in r:
+        acc = r.get("clean_accuracy")
+        shown = r.get("labels") if acc is None else f"{acc:.1%} on {r['n']} inputs"
+        typer.echo(f"{'clean accuracy:':15} {shown}")
+        norm = r.get("normalization")
+        if norm:
+            scores = ", ".join(f"{k} {v:.1%}" for k, v in norm["accuracy"].items())
+            typer.echo(f"{'normalization:':15} {scores}")
+            if norm["hint"]:
+                typer.echo(f"hint: {norm['hint']}")
+    if "sidecar_written" in r:
+        typer.echo(f"wrote {r['sidecar_written']}")
 
 
 @app.command(no_args_is_help=False)
@@ -1151,7 +1295,9 @@ def main() -> None:
     ``typer.Exit`` into the exit code; everything else reaches the handlers here.
     """
     try:
-        app()
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            app()
     except AegisError as exc:
         if _state["debug"]:
             raise

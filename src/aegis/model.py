@@ -477,6 +477,9 @@ class Classifier:
     units: tuple[float, float] | None = None
     """The model's own bounds, where this Classifier sees them as [0, 1] (``in_unit_box``)."""
 
+    own_info: ModelInfo | None = None
+    """The model's own metadata, where this Classifier sees it on [0, 1] (``in_unit_box``)."""
+
     def in_unit_box(self) -> Classifier:
         """This model seen on [0, 1]: input ``u`` is the model's ``low + u·(high − low)``, so
         every budget, step size and norm is a fraction of the bounds' width (RobustBench's
@@ -512,6 +515,7 @@ class Classifier:
             fast_layout=self._try_layout,
         )
         unit.units = (lo, hi)
+        unit.own_info = self.info
         return unit
 
 

@@ -21,6 +21,7 @@ directories (an audit's evaluations). Anything else in the directory is left alo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -35,6 +36,7 @@ from aegis.errors import AegisError
 from aegis.io.rundir import prepare
 
 LOCK = ".aegis.lock"
+LOG = "aegis.log"  # what the run logged, other libraries' warnings included
 PROGRESS = "progress"
 AUDIT_STATE = "resume.json"  # an audit's finished evaluations
 RUN_FILES = (
@@ -44,6 +46,7 @@ RUN_FILES = (
     "grid.png",
     "curve.png",
     "mlflow.json",
+    LOG,
     "resume.json",
 )
 """Names a run directory may hold whatever its kind (more are listed in ``results.json``)."""
@@ -54,9 +57,15 @@ def claimed(out: Path, *, resume: bool = False, overwrite: bool = False) -> Iter
     """Claim ``out`` for this run (see the module doc) and release it when the block ends."""
     created = not out.exists()
     lock = claim(out, resume=resume, overwrite=overwrite)
+    handler = logging.FileHandler(out / LOG, encoding="utf-8", delay=True)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
     try:
         yield out
     finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
         release(lock)
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # the run failed before writing anything: leave no empty folder
@@ -115,7 +124,7 @@ def clear_run(out: Path, *, keep_work: bool = False) -> None:
     its finished parts (an audit's evaluations)."""
     names = set(RUN_FILES) | _listed_files(out / "results.json")
     if keep_work:
-        names.discard(AUDIT_STATE)
+        names -= {AUDIT_STATE, LOG}
     try:
         for name in names:
             path = out / name

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from aegis import normalization
 from aegis.errors import AegisError, AegisWarning, ConfigError, ModelError
 from aegis.io.digest import file_sha256
 from aegis.io.factories import _build_from_factory
@@ -559,6 +560,8 @@ def _resolve_floats(
     if picked is None:
         return None, ""
     value, source = picked
+    if isinstance(value, str) and key in ("mean", "std"):
+        value = normalization.parse(value, key)  # a preset name (cifar10, ...) or numbers
     items = [value] if isinstance(value, (int, float)) else value
     try:
         floats = tuple(float(v) for v in items)

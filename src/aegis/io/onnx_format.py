@@ -1,6 +1,8 @@
 """ONNX ``.onnx`` models: converted to torch by :mod:`aegis.io.onnx_torch` and checked against
 onnxruntime once; a graph the converter cannot express (or gets wrong) is loaded query-only with
-onnxruntime. onnx and onnxruntime are imported only when such a file is loaded. External data
+onnxruntime. A graph older than opset 7 (which onnxruntime does not run) is first upgraded with
+``onnx.version_converter`` (:mod:`aegis.io.onnx_upgrade`), and the upgrade is noted in the
+provenance. onnx and onnxruntime are imported only when such a file is loaded. External data
 (tensors stored in other files) must lie in the model's folder: a location outside it (``../``,
 an absolute path, a symlink out) is refused before onnx or onnxruntime reads anything.
 """
@@ -93,22 +95,50 @@ def _load_onnx(file: Path) -> _Loaded:
     loaded.probabilities = producers.get(output) == "Softmax"
     if batch is not None and batch > 0:
         loaded.notes["batch"] = f"graph has a fixed batch of {batch}: run in chunks of {batch}"
+    _attach_runtimes(file, proto, loaded, inputs[0].name, outputs[0], batch)
+    return loaded
 
+
+def _attach_runtimes(
+    file: Path, proto: Any, loaded: _Loaded, input_name: str, output: Any, batch: int | None
+) -> None:
+    """The torch conversion (white-box) and the onnxruntime session (reference, or query-only
+    fallback) of the graph, upgraded first when its opset is older than 7."""
     from aegis.io.onnx_torch import UnsupportedOnnxOp, convert
+    from aegis.io.onnx_upgrade import MIN_OPSET, upgrade
 
+    up = upgrade(proto)
+    if up.note:
+        loaded.notes["onnx_opset"] = up.note
+    elif up.failure:
+        loaded.notes["onnx_opset"] = (
+            f"opset {up.opset} could not be upgraded to {MIN_OPSET} ({up.failure})"
+        )
+    squeeze = _trailing_ones(output)
+    if squeeze:
+        note = f"flattened its {squeeze} output to (n, {squeeze[1]})"
+        previous = loaded.notes.get("onnx_output")
+        loaded.notes["onnx_output"] = f"{previous}; {note}" if previous else note
     why = ""
     try:
-        module: nn.Module = convert(proto, outputs=[output])
+        module: nn.Module = convert(up.model, outputs=[output.name])
         if batch is not None:
             module = _StaticBatch(module, batch)
-        loaded.module = module
+        loaded.module = _Flat(module) if squeeze else module
         loaded.fresh = True
         loaded.fmt = "onnx (converted to torch)"
     except UnsupportedOnnxOp as exc:
-        why = f"ONNX op {exc.op} has no differentiable converter"
+        detail = f" ({exc.detail})" if exc.detail else ""
+        why = f"ONNX op {exc.op}{detail} has no differentiable converter"
     except Exception as exc:  # a malformed node the converter trips over
         why = f"the ONNX to torch conversion failed ({_one_line(exc)})"
-    loaded.query_fn = _onnxruntime_fn(file, inputs[0].name, output, batch, loaded)
+    source = up.model.SerializeToString() if up.note else str(file)
+    query_fn, failure = _onnxruntime_fn(source, input_name, output.name, batch)
+    loaded.query_fn = _flat_fn(query_fn) if query_fn is not None and squeeze else query_fn
+    if failure and loaded.module is None:
+        raise ModelError(_unrunnable(file, why, failure, up.opset, up.failure))
+    if failure:
+        loaded.notes["onnx_check"] = f"skipped: onnxruntime cannot run the file (...{failure})"
     if loaded.module is None:
         if loaded.query_fn is None:
             raise ModelError(
@@ -122,7 +152,50 @@ def _load_onnx(file: Path) -> _Loaded:
         )
     elif loaded.query_fn is None and "onnx_check" not in loaded.notes:
         loaded.notes["onnx_check"] = "skipped: onnxruntime is not installed"
-    return loaded
+
+
+def _unrunnable(file: Path, why: str, failure: str, opset: int | None, upgrade: str) -> str:
+    """Why neither the converter nor onnxruntime can run the graph, and what to do (one line)."""
+    from aegis.io.onnx_upgrade import MIN_OPSET
+
+    head = f"cannot load {file.name}: {why}, and onnxruntime cannot run it (...{failure})"
+    if opset is None or opset >= MIN_OPSET:
+        return f"{head}; upgrade onnxruntime, or re-export the model at an older opset"
+    tried = (
+        f"onnx.version_converter cannot upgrade its opset {opset} to {MIN_OPSET} ({upgrade})"
+        if upgrade
+        else f"it was upgraded from opset {opset} to {MIN_OPSET} with onnx.version_converter"
+    )
+    return f"{head}; {tried}; re-export the model at opset {MIN_OPSET} or newer"
+
+
+def _trailing_ones(output: Any) -> tuple[int, ...] | None:
+    """The declared shape of an output like (n, 1000, 1, 1) (scores with trailing 1s), else None."""
+    tensor = output.type.tensor_type
+    if not tensor.HasField("shape") or len(tensor.shape.dim) < 3:
+        return None
+    dims = tuple(int(d.dim_value) if d.HasField("dim_value") else 0 for d in tensor.shape.dim)
+    return dims if dims[1] > 0 and all(d == 1 for d in dims[2:]) else None
+
+
+class _Flat(nn.Module):
+    """Scores of shape (n, c, 1, ..., 1) as (n, c)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _first_tensor(self.inner(x))
+        return out.reshape(out.shape[0], -1)
+
+
+def _flat_fn(query_fn: QueryFn) -> QueryFn:
+    def run(arr: np.ndarray) -> np.ndarray:
+        out = query_fn(arr)
+        return out.reshape(out.shape[0], -1)
+
+    return run
 
 
 def _read_onnx(onnx: Any, file: Path) -> Any:
@@ -225,24 +298,21 @@ def _go_query_only(file: Path, loaded: _Loaded, message: str) -> None:
 
 
 def _onnxruntime_fn(
-    file: Path, input_name: str, output: str, batch: int | None, loaded: _Loaded
-) -> QueryFn | None:
+    source: str | bytes, input_name: str, output: str, batch: int | None
+) -> tuple[QueryFn | None, str]:
+    """onnxruntime on the file (or on the bytes of its upgraded graph): the query function, or
+    None and why onnxruntime cannot run it ("" when onnxruntime is not installed)."""
     try:
         import onnxruntime as ort
     except ImportError:
-        return None
+        return None, ""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no warnings about unused initializers
     try:
-        session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         # onnxruntime puts the reason (e.g. an IR version it is too old for) at the end.
-        reason = " ".join(str(exc).split())[-160:] or type(exc).__name__
-        if loaded.module is None:
-            raise ModelError(
-                f"onnxruntime cannot run {file.name} (...{reason}); upgrade onnxruntime or "
-                "re-export the model at an older opset"
-            ) from exc
-        loaded.notes["onnx_check"] = f"skipped: onnxruntime cannot run the file (...{reason})"
-        return None
+        return None, " ".join(str(exc).split())[-160:] or type(exc).__name__
     dtype = _ORT_DTYPES.get(session.get_inputs()[0].type, np.float32)
 
     def run(arr: np.ndarray) -> np.ndarray:
@@ -258,7 +328,7 @@ def _onnxruntime_fn(
             parts.append(np.asarray(session.run([output], {input_name: chunk})[0])[:m])
         return np.concatenate(parts)
 
-    return run
+    return run, ""
 
 
 def _verify_onnx(
