@@ -46,8 +46,9 @@ def test_targeted_attack_without_labels(cli, tiny_files, tmp_path: Path) -> None
     assert m["clean_accuracy"] is None and m["clean"]["macro_f1"] is None
     assert m["labels"].startswith("n/a: no labels") and "n/a: no labels" in out
     assert m["success"]["attacked"] > 0 and m["success"]["rate"] is not None
-    assert res["data"]["provenance"]["labels"] == PREDICTED
+    assert res["data"]["labels"] == res["data"]["provenance"]["labels"] == PREDICTED
     assert res["config"]["targets"] == 2
+    assert "n/a" in out
     assert "reach their target class" in m["verdict"]["text"]
 
 
@@ -241,7 +242,8 @@ def test_other_libraries_warnings_go_to_the_log(cli, tiny_files, tmp_path: Path)
     save_file(make_noisy().state_dict(), str(weights))
     argv = attack_argv(tiny_files, tmp_path / "run", "--factory", "_factories:make_noisy")
     argv[1] = str(weights)
-    code, _, err = cli(*argv, "--eps", "0.1", "--steps", "2")
+    code, _, err = cli(*argv, "--eps", "0.1", "--steps", "2", "--step-size", "1/20")
     assert code == EXIT_OK, err
     assert "chatter" not in err
+    assert _results(tmp_path / "run")["config"]["attack"]["step_size"] == 0.05
     assert "third-party chatter" in (tmp_path / "run" / "aegis.log").read_text()

@@ -21,7 +21,7 @@ from aegis.executors import Executor, create_executor
 from aegis.io import rundir
 from aegis.io.claim import PROGRESS, claimed
 from aegis.io.data import Dataset
-from aegis.io.inputs import load_inputs
+from aegis.io.inputs import PREDICTED, load_inputs
 from aegis.metrics import (
     adversarial_accuracy,
     clean_accuracy,
@@ -394,7 +394,7 @@ def _assemble(
     results: dict[str, Any] = {
         **rundir.header(plan.seed),
         "model": clf.describe(),
-        "data": dataset.to_dict(),
+        "data": {**dataset.to_dict(), "labels": "given" if labeled else PREDICTED},
         "config": {**config, "success_threshold": threshold},
         "metrics": metrics,
         "sanity": [f.to_dict() for f in flags],

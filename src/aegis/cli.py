@@ -116,6 +116,15 @@ def _budget_list(text: str | None) -> list[float] | None:
         ) from exc
 
 
+def _step(text: str) -> float:
+    try:
+        return _number(text)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise ConfigError(
+            f"--step-size takes a number or a fraction such as 2/255, got {text!r}"
+        ) from exc
+
+
 def _number(text: str) -> float:
     top, sep, bottom = text.partition("/")
     return float(top) / float(bottom) if sep else float(text)
@@ -203,12 +212,12 @@ def attack(
         ),
     ] = None,
     step_size: Annotated[
-        float | None,
+        str | None,
         typer.Option(
             "--step-size",
             "--step",
-            help="Step size η of each iteration, like --eps a fraction of the bounds' width "
-            "(default: the attack's).",
+            help="Step size η of each iteration, like --eps a fraction of the bounds' width; a "
+            "number or a fraction such as 2/255 (default: the attack's).",
         ),
     ] = None,
     steps: Annotated[
@@ -442,7 +451,7 @@ def attack(
             raise ConfigError(f"--limit must be >= 1, got {limit}")
         params = {
             "steps": steps,
-            "step_size": step_size,
+            "step_size": None if step_size is None else _step(step_size),
             "restarts": restarts,
             "random_start": random_start,
             "decay": decay,
@@ -572,10 +581,12 @@ def _print_summary(run: Any) -> None:
     table.add_column("metric")
     table.add_column("clean", justify="right")
     table.add_column("under attack", justify="right")
-    table.add_row("accuracy", _pct(m["clean_accuracy"]), _pct(m["adversarial_accuracy"]))
+    na = "labels" in m  # no labels: accuracy, precision, recall and F1 say nothing
+    cell = (lambda v: "n/a") if na else _pct
+    table.add_row("accuracy", cell(m["clean_accuracy"]), cell(m["adversarial_accuracy"]))
     for key in ("precision", "recall", "f1"):
         table.add_row(
-            f"macro {key}", _pct(m["clean"][f"macro_{key}"]), _pct(m["adversarial"][f"macro_{key}"])
+            f"macro {key}", cell(m["clean"][f"macro_{key}"]), cell(m["adversarial"][f"macro_{key}"])
         )
     console.print(table)
     if "labels" in m:

@@ -630,7 +630,13 @@ def run_detect(
     ``detector_params`` are the named detector's hyper-parameters (None values are skipped)."""
 
     from aegis.io import rundir
-    from aegis.io.inputs import as_classifier, as_dataset, check_compatible
+    from aegis.io.inputs import (
+        as_classifier,
+        as_dataset,
+        check_compatible,
+        declared_bounds,
+        to_unit_box,
+    )
     from aegis.registry import create_all
 
     if fit_limit < 2:
@@ -650,6 +656,8 @@ def run_detect(
     algo = create_all(attack, norm=norm, **attack_params)
     threat = ThreatModel(norm, eps)
     options = dict(data_options or {})
+    if not isinstance(model, Classifier):  # files are read onto the model's bounds
+        options["bounds"] = declared_bounds(model, dict(model_options or {}))
     full = as_dataset(data, labels, options)
     dataset = full.subset(limit) if limit is not None else full
     if fit_data is not None:
@@ -677,6 +685,9 @@ def run_detect(
             "no clean inputs left to fit the detector on; pass --fit-data or a smaller --limit"
         )
     clf = as_classifier(model, dataset, dict(model_options or {}))
+    lo, hi = clf.bounds
+    clf, dataset = to_unit_box(clf, dataset)  # budgets are fractions of the bounds' width
+    fit_x = ((fit_x - lo) / (hi - lo)).astype(np.float32) if (lo, hi) != (0.0, 1.0) else fit_x
     y = check_compatible(clf, dataset)
     fitted = det.fit(clf, fit_x)
     aware: DetectorAwarePGD | bool = (

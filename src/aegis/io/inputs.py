@@ -110,13 +110,14 @@ def load_inputs(
     if limit is not None and not from_file:
         dataset = dataset.subset(limit)
     clf = as_classifier(model, dataset, dict(model_options or {}))
-    clf, dataset = _in_unit_box(clf, dataset)
+    clf, dataset = to_unit_box(clf, dataset)
     if dataset.y is None and unlabeled:
         return clf, dataset, _predicted_labels(clf, dataset)
     return clf, dataset, check_compatible(clf, dataset)
 
 
-def _in_unit_box(clf: Classifier, dataset: Dataset) -> tuple[Classifier, Dataset]:
+def to_unit_box(clf: Classifier, dataset: Dataset) -> tuple[Classifier, Dataset]:
+    """``clf`` seen on [0, 1] and ``dataset`` mapped alike (unchanged for a [0, 1] model)."""
     if clf.bounds == (0.0, 1.0):
         return clf, dataset
     lo, hi = clf.bounds
