@@ -280,11 +280,21 @@ def test_minimal_norm_run_shows_the_distribution(digits_net: nn.Module, tmp_path
     assert "minimal-norm distribution" in page and "<svg" in page
 
 
+class _Scale(nn.Module):
+    def __init__(self, t: float) -> None:
+        super().__init__()
+        self.t = t
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.t * z
+
+
 def test_suspicious_run_renders_suspicious_never_robust(
     digits_net: nn.Module, tmp_path: Path
 ) -> None:
-    # a softmax at the end of the model: the "probabilities" warning sign
-    soft = nn.Sequential(digits_net, nn.Softmax(dim=1)).eval()
+    # a softmax saturated beyond float64 at the end of the model: "probabilities" (whose
+    # remedy runs) and "zero-gradients" (which stays raised)
+    soft = nn.Sequential(digits_net, _Scale(1e4), nn.Softmax(dim=1)).eval()
     run_attack(
         _clf(soft, "softmax-mlp"), "digits", attack="pgd", eps=0.1, steps=5, limit=24, out=tmp_path
     )
@@ -294,9 +304,10 @@ def test_suspicious_run_renders_suspicious_never_robust(
     marks = check_numbers(page, results, ["metrics.adversarial_accuracy"])
     assert marks.text_by_id["verdict-badge"] == "SUSPICIOUS"
     assert marks.text_by_id["verdict-text"].startswith("SUSPICIOUS")
-    assert "probabilities" in marks.text_by_id["evidence"]
-    flag = next(f for f in results["sanity"] if f["name"] == "probabilities")
+    assert "zero-gradients" in marks.text_by_id["evidence"]
+    flag = next(f for f in results["sanity"] if f["name"] == "zero-gradients")
     assert flag["evidence"] in marks.text_by_id["evidence"]
+    assert "probabilities" in marks.text_by_id["remedied"]  # its remedy ran, and says so
     # "robust" appears only inside "robust accuracy" (an upper bound), never as a verdict
     assert not re.search(r"robust(?! accuracy)", page, re.IGNORECASE)
 

@@ -35,6 +35,7 @@ from aegis.records import Records
 from aegis.registry import create_all
 from aegis.threat import ThreatModel
 from aegis.workflows.attack_files import gallery, write_attack_run
+from aegis.workflows.remedy import plan_remedy, run_remedies
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,20 @@ def _attack(
         on_loaded(clf, dataset)
     progress_dir = None if out_dir is None else out_dir / PROGRESS
     evals, per_budget, defense = _measure(plan, clf, dataset, y, progress, progress_dir)
-    results, x_adv, found = _assemble(plan, clf, dataset, y, evals, per_budget, defense, early)
+    flags = early + _sanity(
+        clf, dataset, y, evals, plan.attacks, per_budget, plan.norm, plan.minimal
+    )
+    head_adv, remedies = evals[-1].x_adv, None
+    import torch
+
+    remedy = plan_remedy(plan, clf, flags, torch.from_numpy(dataset.x[:PROBE]))
+    if remedy is not None:  # a flag with a known remedy: run it, keep the worst case
+        per_budget, head_adv, remedies = run_remedies(
+            plan, remedy, dataset, y, per_budget, head_adv
+        )
+    results, x_adv, found = _assemble(
+        plan, clf, dataset, evals, per_budget, defense, flags, head_adv, remedies
+    )
     head = per_budget[-1][1]
     if out_dir is not None:
         write_attack_run(out_dir, results, dataset, head, x_adv, plan, per_budget[-1][0], found)
@@ -361,28 +375,34 @@ def _assemble(
     plan: AttackPlan,
     clf: Classifier,
     dataset: Dataset,
-    y: np.ndarray,
     evals: list[Evaluation],
     per_budget: list[tuple[float, Records]],
     defense: dict[str, Any] | None,
-    early: list[sanity.Flag],
+    flags: list[sanity.Flag],
+    x_adv: np.ndarray,
+    remedies: dict[str, Any] | None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
     """results.json's content, the headline's adversarial inputs and (minimal-norm attacks)
-    the minimal norms found."""
+    the minimal norms found. A flag its remedy cleared no longer makes the verdict
+    SUSPICIOUS; the verdict says REMEDIED and ``remedies`` has the figures."""
     norm, minimal, threshold = plan.norm, plan.minimal, plan.success_threshold
     unbounded = evals[0]
     head_eps, head = per_budget[-1]
-    x_adv = evals[-1].x_adv
     found = None
     if minimal:
         lost = unbounded.records.success & ~head.success
         x_adv = np.where(lost[:, None, None, None], dataset.x, x_adv)
         r = unbounded.records
         found = getattr(r, norm)[r.success]
-    flags = early + _sanity(clf, dataset, y, evals, plan.attacks, per_budget, norm, minimal)
-    names = sanity.raised(flags)
+    cleared = set(remedies["remedied"]) if remedies else set()
+    names = [name for name in sanity.raised(flags) if name not in cleared]
     labeled = dataset.y is not None
     metrics = summarize(head, clf.num_classes, threshold, names, labeled=labeled)
+    if cleared:
+        metrics["verdict"]["remedied"] = sorted(cleared)
+        metrics["verdict"]["text"] = (
+            f"REMEDIED ({', '.join(sorted(cleared))}: see remedies): " + metrics["verdict"]["text"]
+        )
     metrics["confusion"] = confusion_matrices(head, clf.num_classes) if labeled else None
     config = dict(evals[-1].config)
     config["threat"] = ThreatModel(norm, head_eps, plan.targets is not None).to_dict()
@@ -398,6 +418,7 @@ def _assemble(
         "config": {**config, "success_threshold": threshold},
         "metrics": metrics,
         "sanity": [f.to_dict() for f in flags],
+        **({} if remedies is None else {"remedies": remedies}),
         "seconds": sum(ev.seconds for ev in evals),
         **({} if defense is None else {"defense": defense}),
         "records": head.to_dict(),

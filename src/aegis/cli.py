@@ -635,6 +635,16 @@ def _print_summary(run: Any) -> None:
     for flag in res.get("sanity", []):
         if flag["flagged"]:
             console.print(f"sanity: {flag['name']}: {flag['evidence']}", markup=False)
+    rem = res.get("remedies")
+    if rem:
+        console.print(
+            f"remedy for {', '.join(rem['flags'])}: {'; '.join(rem['what'])}; accuracy under "
+            f"attack {_pct(rem['naive_adversarial_accuracy'])} without it, "
+            f"{_pct(rem['remedied_adversarial_accuracy'])} with it ({rem['points_gained']} more "
+            f"inputs fooled)"
+            + (f"; still raised: {', '.join(rem['still_raised'])}" if rem["still_raised"] else ""),
+            markup=False,
+        )
     if run.out_dir is not None:
         files = "  ".join(f"{k}: {run.out_dir / v}" for k, v in res["files"].items())
         console.print(f"results: {run.out_dir / 'results.json'}  {files}", markup=False)

@@ -49,6 +49,7 @@ from torch import Tensor
 from aegis.errors import CapabilityError, ConfigError, DataError
 from aegis.model import Classifier, LossFn
 from aegis.params import coerce_params
+from aegis.remedies import average_draws
 
 log = logging.getLogger(__name__)
 
@@ -481,11 +482,10 @@ class DefendedClassifier(Classifier):
             )
         if self._draws == 1:
             return super().value_and_grad(x, loss_fn, rows=rows)
-        logits, loss, grad = super().value_and_grad(x, loss_fn, rows=rows)
-        for _ in range(self._draws - 1):
-            z, v, g = super().value_and_grad(x, loss_fn, rows=rows)
-            logits, loss, grad = logits + z, loss + v, grad + g
-        return logits / self._draws, loss / self._draws, grad / self._draws
+        return average_draws(
+            lambda: super(DefendedClassifier, self).value_and_grad(x, loss_fn, rows=rows),
+            self._draws,
+        )
 
     # -- records ----------------------------------------------------------------------------
     def _gradient_of(self, step: Preprocessor) -> str:

@@ -263,20 +263,40 @@ class Page:
             f"{esc(text)}</p>{extra}</section>"
         )
 
-    def flagged(self) -> list[dict[str, Any]]:
-        return [f for f in self.get("sanity", []) or [] if isinstance(f, dict) and f.get("flagged")]
+    def flagged(self, remedied: bool = False) -> list[dict[str, Any]]:
+        """The raised sanity flags still standing (``remedied``: those a remedy cleared)."""
+        cleared = set(self.get("metrics.verdict.remedied", []) or [])
+        return [
+            f
+            for f in self.get("sanity", []) or []
+            if isinstance(f, dict) and f.get("flagged") and (f.get("name") in cleared) == remedied
+        ]
 
     def evidence(self) -> str:
-        """The raised sanity flags with their evidence, for the verdict."""
+        """The raised sanity flags with their evidence, and those a remedy cleared, with the
+        figures before and after it, for the verdict."""
+        out = ""
         up = self.flagged()
-        if not up:
-            return ""
-        items = "".join(
-            f"<li><b>{esc(f.get('name'))}</b>: {esc(f.get('evidence', ''))}"
-            f'<br><span class="sub">{esc(f.get("advice", ""))}</span></li>'
-            for f in up
-        )
-        return f'<h3>Warning signs of a broken evaluation</h3><ul id="evidence">{items}</ul>'
+        if up:
+            items = "".join(
+                f"<li><b>{esc(f.get('name'))}</b>: {esc(f.get('evidence', ''))}"
+                f'<br><span class="sub">{esc(f.get("advice", ""))}</span></li>'
+                for f in up
+            )
+            out += f'<h3>Warning signs of a broken evaluation</h3><ul id="evidence">{items}</ul>'
+        fixed = self.flagged(remedied=True)
+        if fixed:
+            what = "; ".join(str(w) for w in self.get("remedies.what", []) or [])
+            before = self.num("remedies.naive_adversarial_accuracy", "pct")
+            after = self.num("remedies.remedied_adversarial_accuracy", "pct")
+            items = "".join(
+                f"<li><b>{esc(f.get('name'))}</b>: {esc(f.get('evidence', ''))}</li>" for f in fixed
+            )
+            out += (
+                f'<h3>Remedied</h3><ul id="remedied">{items}</ul><p class="sub">{esc(what)}: '
+                f"accuracy under attack {before} without the remedy, {after} with it.</p>"
+            )
+        return out
 
     def sanity(self) -> None:
         flags = self.get("sanity")

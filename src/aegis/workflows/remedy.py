@@ -1,0 +1,161 @@
+"""Run the remedy of each sanity flag that has one, and keep the per-sample worst case.
+
+After an attack run, the probe flags ``probabilities`` and ``randomized`` have standard remedies
+(:mod:`aegis.remedies`). Each remedy attacks again, on the remedied view of the model, only
+the points every earlier attack failed on; a point fooled there counts as fooled (success is
+decided by predicting again, as always). The naive figure stays beside the remedied one, and
+the remedied view is probed again: a flag whose probe is clean is *remedied*, one that still
+fires stays raised, and the verdict then stays SUSPICIOUS.
+
+    >>> per_budget, x_adv, done = run_remedies(plan, clf, dataset, y, per_budget, flags, x_adv)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from aegis import sanity
+from aegis.attacks.base import Attack
+from aegis.engine import evaluate
+from aegis.metrics import adversarial_accuracy
+from aegis.model import Classifier
+from aegis.records import Records
+from aegis.registry import create
+from aegis.remedies import EOT_DRAWS, EOTClassifier, log_probabilities
+from aegis.threat import ThreatModel
+
+if TYPE_CHECKING:
+    from aegis.api import AttackPlan
+    from aegis.io.data import Dataset
+
+LABEL_ONLY_QUERIES = 1000
+"""HopSkipJump's query budget per point when it joins a suite as the label-only remedy."""
+
+PROBE = 64
+
+
+@dataclass
+class Remedy:
+    flags: list[str]
+    model: Classifier
+    attacks: list[Attack]
+    notes: list[str]
+
+
+def plan_remedy(
+    plan: AttackPlan, clf: Classifier, flags: list[sanity.Flag], x: torch.Tensor
+) -> Remedy | None:
+    """The remedied view and the attacks to run on it, or None when no raised flag has one."""
+    raised = set(sanity.raised(flags))
+    if plan.minimal or not raised & {"probabilities", "randomized"}:
+        return None
+    model, attacks, notes, fixed = clf, list(plan.attacks), [], []
+    if "probabilities" in raised:
+        model = log_probabilities(model, x)
+        fixed.append("probabilities")
+        notes.append(f"every attack sees {model.provenance['outputs']}, not probabilities")
+        if plan.name in ("standard", "fast") or not any(
+            not a.needs_gradients for a in plan.attacks
+        ):
+            attacks.append(create("hsj", queries=LABEL_ONLY_QUERIES))
+            notes.append(
+                f"HopSkipJump (label-only, {LABEL_ONLY_QUERIES} queries, projected to ε) "
+                "added as a final member: it does not care about saturation"
+            )
+    if "randomized" in raised and clf.eot_samples == 1 and model.differentiable:
+        model = EOTClassifier(model, EOT_DRAWS)
+        fixed.append("randomized")
+        attacks = [a for a in attacks if a.needs_gradients] or attacks
+        notes.append(f"EOT: every gradient averages {EOT_DRAWS} random draws")
+    if not fixed:
+        return None
+    return Remedy(fixed, model, attacks, notes)
+
+
+def run_remedies(
+    plan: AttackPlan,
+    remedy: Remedy,
+    dataset: Dataset,
+    y: np.ndarray,
+    per_budget: list[tuple[float, Records]],
+    x_adv: np.ndarray,
+) -> tuple[list[tuple[float, Records]], np.ndarray, dict[str, Any]]:
+    """Attack the points still standing with the remedy, per budget; the merged records, the
+    headline's adversarial inputs, and what ``results.json`` records under ``remedies``."""
+    start = time.perf_counter()
+    merged: list[tuple[float, Records]] = []
+    gained: list[int] = []
+    for number, (eps, rec) in enumerate(per_budget):
+        standing = np.flatnonzero(rec.attacked & ~rec.success)
+        if not len(standing):
+            merged.append((eps, rec))
+            gained.append(0)
+            continue
+        targets = plan.targets
+        if isinstance(targets, np.ndarray):
+            targets = targets[standing]
+        ev = evaluate(
+            remedy.model,
+            dataset.x[standing],
+            y[standing],
+            remedy.attacks,
+            ThreatModel(plan.norm, eps, targeted=plan.targets is not None),
+            targets=targets,
+            batch_size=plan.batch_size,
+            seed=plan.seed + 1 + number,
+            executor=plan.runner,
+        )
+        new = _merge(rec, ev.records, standing, len(plan.attacks))
+        if number == len(per_budget) - 1:
+            won = standing[ev.records.success]
+            x_adv = x_adv.copy()
+            x_adv[won] = ev.x_adv[ev.records.success]
+        merged.append((eps, new))
+        gained.append(int(ev.records.success.sum()))
+    k = min(len(dataset.x), PROBE)
+    again = sanity.probe_model(
+        remedy.model, torch.from_numpy(dataset.x[:k]), torch.from_numpy(y[:k])
+    )
+    # probabilities: cleared when the view no longer outputs them; randomized: a random model
+    # stays random, and EOT attacking its expectation is the remedy
+    eot = remedy.model.eot_samples > 1
+    still = [
+        name
+        for name in remedy.flags
+        if name in sanity.raised(again) and not (name == "randomized" and eot)
+    ]
+    record = {
+        "flags": remedy.flags,
+        "remedied": [name for name in remedy.flags if name not in still],
+        "still_raised": still,
+        "what": remedy.notes,
+        "attacks": [a.registry_name for a in remedy.attacks],
+        "naive_adversarial_accuracy": adversarial_accuracy(per_budget[-1][1]),
+        "remedied_adversarial_accuracy": adversarial_accuracy(merged[-1][1]),
+        "points_gained": gained[-1],
+        "sweep_points_gained": gained if len(gained) > 1 else None,
+        "probe_after": [f.to_dict() for f in again],
+        "seconds": time.perf_counter() - start,
+    }
+    return merged, x_adv, record
+
+
+def _merge(rec: Records, extra: Records, rows: np.ndarray, offset: int) -> Records:
+    """``rec`` with the rows ``rows`` replaced by ``extra``'s where the remedy fooled them
+    (calls are added either way: the remedy spent them)."""
+    out = Records(**{f.name: getattr(rec, f.name).copy() for f in fields(Records)})
+    won = extra.success
+    hit = rows[won]
+    for name in ("adv_pred", "success", "l0", "l1", "l2", "linf"):
+        getattr(out, name)[hit] = getattr(extra, name)[won]
+    out.attack_index[hit] = np.where(
+        extra.attack_index[won] >= 0, extra.attack_index[won] + offset, -1
+    )
+    for name in ("forward_calls", "gradient_calls", "seconds"):
+        getattr(out, name)[rows] = getattr(out, name)[rows] + getattr(extra, name)
+    return out
