@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MODELS := models
 RUNS   := runs
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean wheel-check
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,12 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) bench/bench_pgd.py
+
+# The built sdist and wheel work on their own: a fresh venv (CPU torch, then the wheel) runs
+# aegis --help, train and a small attack from outside the clone (about 1.5 minutes; .ci/run
+# runs it after make test).
+wheel-check: $(STAMP)
+	.ci/wheel-check
 
 clean:
 	rm -rf $(VENV) $(RUNS) .mypy_cache .ruff_cache .pytest_cache

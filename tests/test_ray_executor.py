@@ -154,7 +154,9 @@ def test_without_ray_installed_one_line_says_how(
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(CapabilityError) as exc:
         create_executor("ray", workers=2)
-    assert str(exc.value) == RAY_MISSING == "--executor ray needs Ray: pip install 'aegis[ray]'"
+    assert (
+        str(exc.value) == RAY_MISSING == "--executor ray needs Ray: pip install 'aegis-robust[ray]'"
+    )
     code, _, err = cli(*_attack_args(files, tmp_path / "run", "--executor", "ray"))
     assert code == EXIT_ERROR and err == f"error: {RAY_MISSING}\n"
 

@@ -225,7 +225,7 @@ def test_missing_mlflow_names_the_install(
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)  # import fails as if missing
     code, _, err = cli("report", str(out), "--mlflow")
     assert code == EXIT_ERROR and err == f"error: {INSTALL}\n"
-    assert INSTALL == "--mlflow needs MLflow: pip install 'aegis[mlflow]'"
+    assert INSTALL == "--mlflow needs MLflow: pip install 'aegis-robust[mlflow]'"
 
 
 def test_audit_logs_one_run_with_a_child_per_evaluation(

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from aegis._version import __version__
 from aegis.cli_options import (
     EXIT_ERROR,
     EXIT_GATE,
@@ -55,10 +56,25 @@ app = typer.Typer(
 _state: dict[str, bool] = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"aegis {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what aegis does.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print aegis' version and exit.",
+        ),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
     # MLflow configures its own loggers when imported (--mlflow): INFO only with --verbose
@@ -302,7 +318,7 @@ def attack(
             help="Where the batches run: local (this process) or ray (Ray workers, each with "
             "its own copy of the model: a local Ray instance, or the cluster at "
             "--ray-address). Both give the same records for the same seed; ray needs "
-            "pip install 'aegis[ray]'.",
+            "pip install 'aegis-robust[ray]'.",
         ),
     ] = "local",
     workers: Annotated[

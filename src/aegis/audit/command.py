@@ -27,7 +27,7 @@ seed: 0
 # out: runs/audit     # the run directory (default: runs/<time>-audit; --out overrides)
 # mlflow: {uri: sqlite:///mlflow.db, experiment: aegis}   # log the finished audit to MLflow
 # executor:           # where attack batches run: local (default) or ray (same records)
-#   name: ray         # needs pip install 'aegis[ray]'
+#   name: ray         # needs pip install 'aegis-robust[ray]'
 #   workers: 4        # default: one per GPU, else one per CPU
 #   address: auto     # an existing Ray cluster (default: a local Ray instance)
 
@@ -153,7 +153,7 @@ def audit(
             help="Log the finished audit to MLflow (one run, a child run per evaluation): "
             "params, figures as metrics, tags, results.json, report.html and pictures as "
             "artifacts; the run id goes to OUT/mlflow.json. Default: when the config has an "
-            "`mlflow:` block. Needs aegis[mlflow].",
+            "`mlflow:` block. Needs aegis-robust[mlflow].",
         ),
     ] = None,
     mlflow_uri: MlflowUri = None,

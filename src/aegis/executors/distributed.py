@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RAY_MISSING = "--executor ray needs Ray: pip install 'aegis[ray]'"
+RAY_MISSING = "--executor ray needs Ray: pip install 'aegis-robust[ray]'"
 
 DEFAULT_RETRIES = 3
 """How many times a batch is sent again after its worker died."""

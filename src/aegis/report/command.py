@@ -33,7 +33,7 @@ def report(
             help="Also log the finished run to MLflow, from its results.json alone (nothing is "
             "recomputed): params, figures as metrics, tags, and results.json, report.html and "
             "the pictures as artifacts; the run id goes to RUN_DIR/mlflow.json. An audit gets "
-            "a child run per evaluation. Needs aegis[mlflow].",
+            "a child run per evaluation. Needs aegis-robust[mlflow].",
         ),
     ] = False,
     mlflow_uri: MlflowUri = None,

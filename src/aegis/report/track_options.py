@@ -15,7 +15,7 @@ Mlflow = Annotated[
         help="Once the run directory is written, log it to MLflow: params (config, model, "
         "data, seed), every figure of results.json as a metric, tags (aegis version, "
         "command, verdict) and results.json, report.html and the pictures as artifacts. The "
-        "run id goes to OUT/mlflow.json. Needs aegis[mlflow].",
+        "run id goes to OUT/mlflow.json. Needs aegis-robust[mlflow].",
     ),
 ]
 MlflowUri = Annotated[

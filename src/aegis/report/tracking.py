@@ -56,7 +56,7 @@ DEFAULT_EXPERIMENT = "aegis"
 RECORD = "mlflow.json"
 """Where the run ids of a run directory's MLflow runs are written."""
 
-INSTALL = "--mlflow needs MLflow: pip install 'aegis[mlflow]'"
+INSTALL = "--mlflow needs MLflow: pip install 'aegis-robust[mlflow]'"
 
 PARAM_SECTIONS = ("kind", "seed", "config", "model", "data", "query_data")
 """Top-level sections that say what was run: logged as params."""
