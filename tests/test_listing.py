@@ -9,7 +9,7 @@ import torch
 
 from aegis.api import run_attack
 from aegis.attacks.pgd import PGD
-from aegis.cli_listing import attacks_text, datasets_text
+from aegis.cli_listing import attacks_text, datasets_text, defenses_text
 from aegis.errors import ConfigError
 from aegis.io.data import list_datasets
 from aegis.model import Classifier
@@ -166,3 +166,14 @@ def test_datasets_text_fits_the_width_and_names_each(width: int) -> None:
         assert f"\n{row['name']}\n" in text
     assert "size: 5,000 (train 4,000, test 1,000)" in text
     assert "shape: 1x28x28" in text and "{" not in text  # no raw dicts
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_defenses_text_fits_the_width_and_names_each(width: int) -> None:
+    from aegis.defenses.preprocessing import list_preprocessors
+
+    text = defenses_text(width)
+    assert all(len(line) <= width for line in text.splitlines())
+    for spec in list_preprocessors():
+        assert spec.name in text
+    assert "BPDA" in text and "EOT" in text

@@ -721,23 +721,11 @@ def defenses(
 ) -> None:
     """List the preprocessing defenses (for `attack --preprocess`): parameters with their
     defaults, and how the adaptive evaluation attacks each (exact gradient, BPDA, EOT)."""
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
 
-    from aegis.defenses.preprocessing import list_preprocessors
+    from aegis.cli_listing import defenses_text
 
-    table = Table("name", "parameters", "differentiable", "random", "adaptive gradient", "summary")
-    for s in list_preprocessors(pattern):
-        how = ("exact" if s.cls.differentiable else "BPDA") + (" + EOT" if s.cls.random else "")
-        table.add_row(
-            s.name,
-            ", ".join(f"{k}={v}" for k, v in s.parameters().items()),
-            "yes" if s.cls.differentiable else "no",
-            "yes" if s.cls.random else "no",
-            how,
-            s.summary,
-        )
-    Console().print(table)
+    typer.echo(defenses_text(shutil.get_terminal_size().columns, pattern), nl=False)
 
 
 @app.command()

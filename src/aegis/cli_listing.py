@@ -92,6 +92,43 @@ def datasets_text(width: int = 80) -> str:
     return "\n\n".join([head, *(_dataset_block(r, width) for r in rows)]) + "\n"
 
 
+def defenses_text(width: int = 80, pattern: str = "*") -> str:
+    """The preprocessing defenses (``attack --preprocess``): per defense its parameters with
+    their defaults, whether it is differentiable or random, and how the adaptive evaluation
+    attacks it (exact gradient, BPDA, EOT), each line at most ``width``."""
+    from aegis.defenses.preprocessing import list_preprocessors
+
+    width = max(width, 20)
+    specs = list_preprocessors(pattern)
+    if not specs:
+        return f"No preprocessing defense matches {pattern!r}.\n"
+    head = _fill(
+        f"Preprocessing defenses ({len(specs)}), for attack --preprocess NAME[:PARAM=VALUE,...]; "
+        "attacked adaptively by default (BPDA through non-differentiable steps, EOT for random "
+        "ones).",
+        width,
+    )
+    blocks = []
+    for spec in specs:
+        cls = spec.cls
+        how = ("exact" if cls.differentiable else "BPDA") + (" + EOT" if cls.random else "")
+        params = ", ".join(f"{k}={_value(v)}" for k, v in spec.parameters().items()) or "none"
+        lines = [_fill(spec.name, width), _fill(spec.summary.replace("``", ""), width, INDENT)]
+        lines.append(
+            _fill(
+                f"differentiable: {'yes' if cls.differentiable else 'no'}; random: "
+                f"{'yes' if cls.random else 'no'}; adaptive gradient: {how}",
+                width,
+                INDENT,
+            )
+        )
+        lines.append(_fill(f"parameters: {params}", width, INDENT))
+        if spec.paper:
+            lines.append(_fill(f"paper: {spec.paper}", width, INDENT))
+        blocks.append("\n".join(lines))
+    return "\n\n".join([head, *blocks]) + "\n"
+
+
 def _section(head: str, items: Sequence[T], width: int, block: Callable[[T], str]) -> str:
     """A heading and one block per item, blank lines between; empty without items."""
     if not items:
