@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from aegis.api import run_attack
 from aegis.model import Classifier, ModelInfo
-from aegis.remedies import EOTClassifier, log_probabilities
+from aegis.remedies import EOTClassifier, bpda_view, log_probabilities
 
 N = 60
 
@@ -123,3 +123,35 @@ def test_query_only_probabilities_use_log_scores(digits_model: Any, t: float) ->
     assert rem["flags"] == ["probabilities"] and rem["attacks"] == ["square"]
     assert "log-probabilities" in rem["what"][0]
     assert rem["remedied_adversarial_accuracy"] <= rem["naive_adversarial_accuracy"]
+
+
+class _Quantized(nn.Module):
+    """Input quantization to 8 levels in front of the network: zero gradients everywhere."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(torch.round(x * 8) / 8)
+
+
+def test_rounding_inside_the_model_gets_bpda(digits_model: Any) -> None:
+    clf, x, y = digits_model
+    quant = _wrap(digits_model, _Quantized(clf.module))
+    data = (x[:N].numpy(), y[:N].numpy())
+    run = run_attack(quant, data, attack="fast", eps=0.1)
+    rem = run.results["remedies"]
+    assert rem["flags"] == ["zero-gradients"] and rem["remedied"] == ["zero-gradients"]
+    assert rem["naive_adversarial_accuracy"] > rem["remedied_adversarial_accuracy"] + 0.2
+    assert run.verdict.startswith("REMEDIED (zero-gradients")
+    # the hand-written adaptive attack: PGD through a straight-through rounding
+    view, found = bpda_view(quant) or (None, [])
+    assert found == ["round"] and view is not None
+    assert torch.equal(view.predict(x), quant.predict(x))
+    by_hand = run_attack(view, data, attack="pgd", eps=0.1, steps=50)
+    assert run.metrics["adversarial_accuracy"] <= by_hand.metrics["adversarial_accuracy"] + 0.05
+
+
+def test_a_model_without_rounding_has_no_bpda_view(digits_model: Any) -> None:
+    assert bpda_view(digits_model[0]) is None

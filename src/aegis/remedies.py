@@ -10,7 +10,9 @@ al. 2020, https://arxiv.org/abs/2002.08347):
   float64 for it, where the softmax saturates far later; and a label-only attack
   (HopSkipJump), which does not care about saturation, joins the attacks;
 - ``randomized`` (a model that draws at random inside): :class:`EOTClassifier` averages every
-  gradient over several draws (Expectation over Transformation).
+  gradient over several draws (Expectation over Transformation);
+- ``zero-gradients`` from a rounding step inside a torch module (``round``, ``floor``,
+  ``sign``, ...): :func:`bpda_view` differentiates each such step as the identity (BPDA).
 
     >>> attackable = log_probabilities(model)  # outputs log(max(p, 1e-30))
     >>> attackable = EOTClassifier(model, draws=10)
@@ -174,3 +176,54 @@ def average_draws(
         z, v, g = call()
         logits, loss, grad = logits + z, loss + v, grad + g
     return logits / draws, loss / draws, grad / draws
+
+
+# -- BPDA through rounding steps inside the model ----------------------------------------------
+
+_ROUNDING = ("round", "floor", "ceil", "trunc", "sign")
+"""Tensor operations whose derivative is zero (or undefined) almost everywhere."""
+
+
+def _straight_through(name: str) -> Callable[..., Tensor]:
+    op = getattr(torch, name)
+
+    def step(x: Tensor, *args: object, **kwargs: object) -> Tensor:
+        # forward: the step itself; backward: the identity (BPDA, Athalye et al. 2018)
+        out: Tensor = x + (op(x, *args, **kwargs) - x).detach()
+        return out
+
+    step.__name__ = f"bpda_{name}"
+    return step
+
+
+_STRAIGHT = {name: _straight_through(name) for name in _ROUNDING}
+
+
+def bpda_view(model: Classifier) -> tuple[Classifier, list[str]] | None:
+    """``model`` with every rounding step of its torch module (``torch.round``, ``.floor()``,
+    ``sign``, ...) differentiated as the identity, found by ``torch.fx`` tracing; None when the
+    module does not trace (TorchScript, data-dependent control flow) or has no such step."""
+    module = model.module
+    if not isinstance(module, nn.Module) or isinstance(module, torch.jit.ScriptModule):
+        return None
+    try:
+        graph_module = torch.fx.symbolic_trace(module)
+    except Exception:  # data-dependent control flow, untraceable calls: no view
+        return None
+    found: list[str] = []
+    for node in graph_module.graph.nodes:
+        name = None
+        if node.op == "call_function":
+            name = next((n for n in _ROUNDING if node.target is getattr(torch, n)), None)
+        elif node.op == "call_method" and node.target in _ROUNDING:
+            name = str(node.target)
+            node.op = "call_function"
+        if name is not None:
+            node.target = _STRAIGHT[name]
+            found.append(name)
+    if not found:
+        return None
+    graph_module.recompile()
+    view = _view(model, graph_module, None, str(model.provenance.get("outputs", "logits")))
+    view.provenance["bpda"] = f"straight-through gradients for {', '.join(sorted(set(found)))}"
+    return view, sorted(set(found))

@@ -1,7 +1,7 @@
 """Run the remedy of each sanity flag that has one, and keep the per-sample worst case.
 
-After an attack run, the probe flags ``probabilities`` and ``randomized`` have standard remedies
-(:mod:`aegis.remedies`). Each remedy attacks again, on the remedied view of the model, only
+After an attack run, the probe flags ``probabilities``, ``randomized`` and (for a rounding step
+a traced torch module shows) ``zero-gradients`` have standard remedies (:mod:`aegis.remedies`). Each remedy attacks again, on the remedied view of the model, only
 the points every earlier attack failed on; a point fooled there counts as fooled (success is
 decided by predicting again, as always). The naive figure stays beside the remedied one, and
 the remedied view is probed again: a flag whose probe is clean is *remedied*, one that still
@@ -26,7 +26,7 @@ from aegis.metrics import adversarial_accuracy
 from aegis.model import Classifier
 from aegis.records import Records
 from aegis.registry import create
-from aegis.remedies import EOT_DRAWS, EOTClassifier, log_probabilities
+from aegis.remedies import EOT_DRAWS, EOTClassifier, bpda_view, log_probabilities
 from aegis.threat import ThreatModel
 
 if TYPE_CHECKING:
@@ -52,9 +52,14 @@ def plan_remedy(
 ) -> Remedy | None:
     """The remedied view and the attacks to run on it, or None when no raised flag has one."""
     raised = set(sanity.raised(flags))
-    if plan.minimal or not raised & {"probabilities", "randomized"}:
+    if plan.minimal or not raised & {"probabilities", "randomized", "zero-gradients"}:
         return None
     model, attacks, notes, fixed = clf, list(plan.attacks), [], []
+    bpda = bpda_view(clf) if "zero-gradients" in raised else None
+    if bpda is not None:
+        model = bpda[0]
+        fixed.append("zero-gradients")
+        notes.append(f"BPDA: {', '.join(bpda[1])} in the model differentiated as the identity")
     if "probabilities" in raised:
         model = log_probabilities(model, x)
         fixed.append("probabilities")
