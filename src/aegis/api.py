@@ -294,6 +294,7 @@ def _attack(
         per_budget, head_adv, remedies = run_remedies(
             plan, remedy, dataset, y, per_budget, head_adv
         )
+        _recheck(flags, remedies, clf, per_budget, plan)
     results, x_adv, found = _assemble(
         plan, clf, dataset, evals, per_budget, defense, flags, head_adv, remedies
     )
@@ -492,6 +493,31 @@ def _shifted(
         return None
     report = progress
     return lambda done: report(offset + done, total)
+
+
+def _recheck(
+    flags: list[sanity.Flag],
+    remedies: dict[str, Any],
+    clf: Classifier,
+    per_budget: list[tuple[float, Records]],
+    plan: AttackPlan,
+) -> None:
+    """The checks read off the records, run again on the remedied ones: a flag they no longer
+    raise was a symptom the remedy cured (it stays in ``sanity`` with its first evidence)."""
+    raised = set(sanity.raised(flags))
+    again = [
+        sanity.check_unbounded(per_budget[-1][1], ThreatModel(plan.norm, per_budget[-1][0]), clf),
+        sanity.check_sweep(
+            [e for e, _ in per_budget],
+            [adversarial_accuracy(r) for _, r in per_budget],
+            len(per_budget[-1][1]),
+        ),
+    ]
+    cured = [f.name for f in again if f.name in raised and not f.flagged]
+    remedies["remedied"] = [*remedies["remedied"], *cured]
+    remedies["rechecked"] = [
+        {"name": f.name, "flagged": f.flagged, "evidence": f.evidence} for f in again
+    ]
 
 
 def _normalization_flag(clf: Classifier, dataset: Dataset) -> list[sanity.Flag]:

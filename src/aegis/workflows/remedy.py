@@ -1,7 +1,8 @@
 """Run the remedy of each sanity flag that has one, and keep the per-sample worst case.
 
 After an attack run, the probe flags ``probabilities``, ``randomized`` and (for a rounding step
-a traced torch module shows) ``zero-gradients`` have standard remedies (:mod:`aegis.remedies`). Each remedy attacks again, on the remedied view of the model, only
+a traced torch module shows) ``zero-gradients`` have standard remedies (:mod:`aegis.remedies`).
+Each remedy attacks again, on the remedied view of the model, only
 the points every earlier attack failed on; a point fooled there counts as fooled (success is
 decided by predicting again, as always). The naive figure stays beside the remedied one, and
 the remedied view is probed again: a flag whose probe is clean is *remedied*, one that still
@@ -144,7 +145,9 @@ def run_remedies(
         "remedied_adversarial_accuracy": adversarial_accuracy(merged[-1][1]),
         "points_gained": gained[-1],
         "sweep_points_gained": gained if len(gained) > 1 else None,
-        "probe_after": [f.to_dict() for f in again],
+        "probe_after": [
+            {"name": f.name, "flagged": f.flagged, "evidence": f.evidence} for f in again
+        ],
         "seconds": time.perf_counter() - start,
     }
     return merged, x_adv, record
