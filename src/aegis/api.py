@@ -292,7 +292,7 @@ def _attack(
     remedy = plan_remedy(plan, clf, flags, torch.from_numpy(dataset.x[:PROBE]))
     if remedy is not None:  # a flag with a known remedy: run it, keep the worst case
         per_budget, head_adv, remedies = run_remedies(
-            plan, remedy, dataset, y, per_budget, head_adv
+            plan, remedy, dataset, y, per_budget, head_adv, flags
         )
         _recheck(flags, remedies, clf, per_budget, plan)
     results, x_adv, found = _assemble(

@@ -90,6 +90,7 @@ def run_remedies(
     y: np.ndarray,
     per_budget: list[tuple[float, Records]],
     x_adv: np.ndarray,
+    flags: list[sanity.Flag],
 ) -> tuple[list[tuple[float, Records]], np.ndarray, dict[str, Any]]:
     """Attack the points still standing with the remedy, per budget; the merged records, the
     headline's adversarial inputs, and what ``results.json`` records under ``remedies``."""
@@ -123,22 +124,12 @@ def run_remedies(
             x_adv[won] = ev.x_adv[ev.records.success]
         merged.append((eps, new))
         gained.append(int(ev.records.success.sum()))
-    k = min(len(dataset.x), PROBE)
-    again = sanity.probe_model(
-        remedy.model, torch.from_numpy(dataset.x[:k]), torch.from_numpy(y[:k])
-    )
-    # probabilities: cleared when the view no longer outputs them; randomized: a random model
-    # stays random, and EOT attacking its expectation is the remedy
-    eot = remedy.model.eot_samples > 1
-    still = [
-        name
-        for name in remedy.flags
-        if name in sanity.raised(again) and not (name == "randomized" and eot)
-    ]
+    cured, again, checks = _cured(plan, remedy, dataset, y, per_budget, flags)
     record = {
         "flags": remedy.flags,
-        "remedied": [name for name in remedy.flags if name not in still],
-        "still_raised": still,
+        "remedied": cured,
+        "still_raised": [name for name in remedy.flags if name not in cured],
+        "weak_members_rechecked": checks,
         "what": remedy.notes,
         "attacks": [a.registry_name for a in remedy.attacks],
         "naive_adversarial_accuracy": adversarial_accuracy(per_budget[-1][1]),
@@ -151,6 +142,76 @@ def run_remedies(
         "seconds": time.perf_counter() - start,
     }
     return merged, x_adv, record
+
+
+def _cured(
+    plan: AttackPlan,
+    remedy: Remedy,
+    dataset: Dataset,
+    y: np.ndarray,
+    per_budget: list[tuple[float, Records]],
+    flags: list[sanity.Flag],
+) -> tuple[list[str], list[sanity.Flag], dict[str, Any] | None]:
+    """The raised flags the remedied view no longer shows: the probe checks run on it again
+    (a random model stays random: EOT attacking its expectation is that remedy), and, for
+    ``weak-attack-wins``, the white-box members run on the remedied view over the points a
+    weaker member won; cured when they fool all but the tolerated share of them."""
+    raised = set(sanity.raised(flags))
+    k = min(len(dataset.x), PROBE)
+    again = sanity.probe_model(
+        remedy.model, torch.from_numpy(dataset.x[:k]), torch.from_numpy(y[:k])
+    )
+    eot = remedy.model.eot_samples > 1
+    cured = [
+        f.name
+        for f in again
+        if f.name in raised and (not f.flagged or (f.name == "randomized" and eot))
+    ]
+    checks = None
+    if "weak-attack-wins" in raised and remedy.model.differentiable:
+        checks = _recheck_weak(plan, remedy, dataset, y, per_budget[-1])
+        if checks["cured"]:
+            cured.append("weak-attack-wins")
+    return cured, again, checks
+
+
+def _recheck_weak(
+    plan: AttackPlan,
+    remedy: Remedy,
+    dataset: Dataset,
+    y: np.ndarray,
+    head: tuple[float, Records],
+) -> dict[str, Any]:
+    eps, rec = head
+    weak = [i for i, a in enumerate(plan.attacks) if _weak(a)]
+    rows = np.flatnonzero(np.isin(rec.attack_index, weak))
+    strong = [a for a in remedy.attacks if not _weak(a)]
+    if not len(rows) or not strong:
+        return {"points": len(rows), "fooled": 0, "cured": False}
+    targets = plan.targets[rows] if isinstance(plan.targets, np.ndarray) else plan.targets
+    ev = evaluate(
+        remedy.model,
+        dataset.x[rows],
+        y[rows],
+        strong,
+        ThreatModel(plan.norm, eps, targeted=plan.targets is not None),
+        targets=targets,
+        batch_size=plan.batch_size,
+        seed=plan.seed,
+        executor=plan.runner,
+    )
+    fooled = int(ev.records.success.sum())
+    tolerated = max(sanity.SHARE * len(rec), 1)
+    return {
+        "points": len(rows),
+        "fooled": fooled,
+        "attacks": [a.registry_name for a in strong],
+        "cured": len(rows) - fooled <= tolerated,
+    }
+
+
+def _weak(attack: Attack) -> bool:
+    return not attack.needs_gradients or attack.registry_name in sanity.SINGLE_STEP
 
 
 def _merge(rec: Records, extra: Records, rows: np.ndarray, offset: int) -> Records:
