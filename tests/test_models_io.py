@@ -429,7 +429,7 @@ def test_onnx_channels_last_graph(tmp_path: Path) -> None:
         str(path),
     )
     with pytest.warns(AegisWarning, match="probabilities"):
-        clf = load_classifier(path)
+        clf = load_classifier(path, keep_softmax=True)  # the softmax as the file has it
     assert clf.info.layout == "NHWC" and clf.input_shape == (1, 9, 9) and clf.differentiable
     assert clf.provenance["outputs"] == "probabilities (softmax)"
     x = torch.rand(4, 1, 9, 9)
@@ -466,7 +466,7 @@ def test_onnx_extra_label_output_is_pruned(tmp_path: Path) -> None:
         str(path),
     )
     with pytest.warns(AegisWarning, match="probabilities"):
-        clf = load_classifier(path)
+        clf = load_classifier(path, keep_softmax=True)  # the softmax as the file has it
     assert clf.differentiable and clf.num_classes == 3 and clf.input_shape == (1, 8, 8)
     assert "probabilities" in clf.provenance["onnx_output"]
 
@@ -552,7 +552,7 @@ def test_keras_softmax_flat_and_lambda(tmp_path: Path, keras_mod: Any) -> None:
     path = tmp_path / "flat.keras"
     flat.save(str(path))
     with pytest.warns(AegisWarning, match="probabilities"):
-        clf = load_classifier(path)
+        clf = load_classifier(path, keep_softmax=True)  # the softmax as the file has it
     assert clf.provenance["outputs"] == "probabilities (softmax)"
     assert clf.info.layout == "flat" and clf.input_shape == (1, 4, 4)
     assert clf.provenance["input_shape"].startswith("inferred: flat square grayscale")

@@ -16,7 +16,7 @@ from aegis import sanity
 from aegis.attacks.base import Attack
 from aegis.defenses.preprocessing import DefendedClassifier, Preprocessor, defend, parse_preprocess
 from aegis.engine import Evaluation, ProgressFn, evaluate
-from aegis.errors import ConfigError
+from aegis.errors import ConfigError, UsageError
 from aegis.executors import Executor, create_executor
 from aegis.io import rundir
 from aegis.io.claim import PROGRESS, claimed
@@ -273,6 +273,11 @@ def _attack(
 ) -> AttackRun:
     """Load, measure, assemble and (with ``out_dir``, already claimed) write one attack run."""
     clf, dataset, y = load_inputs(model, data, *loading, unlabeled=True)
+    if (loading[3] or {}).get("keep_softmax") and not clf.differentiable:
+        raise UsageError(
+            f"--keep-softmax keeps a softmax aegis would remove from a visible graph, but "
+            f"{clf.name} is query-only (no graph to change); drop --keep-softmax"
+        )
     early = _normalization_flag(clf, dataset)
     if plan.preprocess:
         clf = defend(

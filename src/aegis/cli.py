@@ -374,6 +374,15 @@ def attack(
         ),
     ] = False,
     trust_sidecar: TrustSidecar = False,
+    keep_softmax: Annotated[
+        bool,
+        typer.Option(
+            "--keep-softmax",
+            help="Attack the model's outputs as they are. By default, when the graph is "
+            "visible and ends in a softmax (or log-softmax), aegis attacks the tensor under it "
+            "(the same predictions, checked), because a saturated softmax hides the gradient.",
+        ),
+    ] = False,
     overwrite: Overwrite = False,
     data_layout: Annotated[
         str | None,
@@ -446,6 +455,7 @@ def attack(
             "factory": factory,
             "allow_unsafe_pickle": unsafe_pickle,
             "trust_sidecar": trust_sidecar,
+            "keep_softmax": keep_softmax or None,
             "device": device,
             "batch_size": batch_size,
         }

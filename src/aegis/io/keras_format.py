@@ -14,7 +14,7 @@ import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
@@ -30,6 +30,9 @@ from aegis.io.loaded import (
     _Loaded,
     _one_line,
 )
+
+if TYPE_CHECKING:
+    from aegis.io.logits import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,8 @@ def _import_keras() -> Any:
         return importlib.import_module("keras")
     except Exception as exc:
         raise ModelError(
-            f"cannot import keras ({_one_line(exc)}); install it with: pip install 'aegis[keras]'"
+            f"cannot import keras ({_one_line(exc)}); install it with: "
+            "pip install 'aegis-robust[keras]'"
         ) from exc
 
 
@@ -83,6 +87,68 @@ def _keras_dims(model: Any) -> Dims | None:
         )
     shape = tuple(inputs[0].shape)
     return tuple(d if isinstance(d, int) else None for d in shape[1:])
+
+
+def keras_candidate(module: _KerasModule) -> Candidate | str | None:
+    """The final softmax of a Keras model as a :class:`aegis.io.logits.Candidate`: a layer's
+    ``softmax``/``log_softmax`` activation (set to linear when built, reverted by ``undo``) or a
+    final ``Softmax`` layer (a model of the same layers up to its input); None if there is none,
+    a string saying why where it cannot be removed."""
+    from aegis.io.logits import Candidate
+
+    keras = _import_keras()
+    model = module.keras_model
+    found = _output_layer(keras, model)
+    if found is None or isinstance(found, str):
+        return found
+    layer, nested = found
+    name = type(layer).__name__
+    if name == "Softmax":
+        if nested:
+            return "the final Keras Softmax layer is inside a nested model"
+        axis = getattr(layer, "axis", None)
+        return Candidate(
+            "Keras Softmax layer dropped",
+            False,
+            axis if isinstance(axis, int) else None,
+            lambda: _KerasModule(keras.Model(model.inputs, layer.input)),
+        )
+    activation = getattr(layer, "activation", None)
+    kind = getattr(activation, "__name__", "")
+    if kind not in ("softmax", "log_softmax"):
+        return None
+
+    def build() -> nn.Module:
+        layer.activation = keras.activations.linear  # the same layer, so the same weights
+        return module
+
+    def undo() -> None:
+        layer.activation = activation
+
+    what = f"Activation('{kind}') layer" if name == "Activation" else f"{name} activation"
+    return Candidate(f"Keras {what} replaced by linear", kind == "log_softmax", -1, build, undo)
+
+
+def _output_layer(keras: Any, model: Any) -> tuple[Any, bool] | str | None:
+    """The layer producing a Keras model's only output (inside nested models) and whether it
+    is nested; why not where the model is subclassed (its call order is not visible)."""
+    nested = False
+    for _ in range(32):
+        try:
+            outputs = model.outputs
+        except (AttributeError, ValueError):
+            outputs = None
+        single = outputs is not None and len(outputs) == 1
+        history = getattr(outputs[0], "_keras_history", None) if single else None
+        if history is None:
+            if outputs is None and _keras_softmax(model):
+                return "a subclassed Keras model does not show which layer computes its output"
+            return None
+        layer = history.operation
+        if not (isinstance(layer, keras.Model) and layer is not model):
+            return layer, nested
+        model, nested = layer, True
+    return None
 
 
 def _keras_softmax(model: Any) -> bool:

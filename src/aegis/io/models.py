@@ -56,6 +56,7 @@ from aegis.io.loaded import (
     _one_line,
     _to_layout,
 )
+from aegis.io.logits import probe_rows, settle_outputs
 from aegis.io.onnx_format import _load_onnx, _verify_onnx
 from aegis.io.sidecar import read_sidecar, sidecar_path
 from aegis.io.torch_formats import (
@@ -99,6 +100,7 @@ def load_classifier(
     batch_size: int = 256,
     name: str | None = None,
     input_shape_hint: Sequence[int] | None = None,
+    keep_softmax: bool = False,
 ) -> Classifier:
     """Load ``path`` as a Classifier (NCHW pixel-space inputs in ``bounds`` → logits).
 
@@ -122,6 +124,8 @@ def load_classifier(
         name: shown in results; default: the file name without extension.
         input_shape_hint: the (C, H, W) of the data the model will see; the last resort for
             ``input_shape`` (after flag, sidecar and file) and a tie-breaker for the layout.
+        keep_softmax: attack the model's outputs even where they are a visible final softmax;
+            by default its input is attacked instead (:mod:`aegis.io.logits`).
 
     Raises:
         ModelError: the file is missing, corrupt, of an unknown format, or contradicts the
@@ -166,7 +170,16 @@ def load_classifier(
     provenance["num_classes"] = classes_src
     if loaded.fmt.startswith("onnx") and loaded.module is not None:
         _verify_onnx(file, loaded, chosen_layout, shape, provenance)
-    _note_probabilities(file, loaded, out, provenance)
+    settle_outputs(
+        file,
+        loaded,
+        out,
+        layout=chosen_layout,
+        shape=shape,
+        device=device,
+        provenance=provenance,
+        keep_softmax=keep_softmax,
+    )
 
     box, box_src = _resolve_floats("bounds", bounds, sidecar, length=2)
     mu, mu_src = _resolve_floats("mean", mean, sidecar)
@@ -507,10 +520,7 @@ def _probe(
     device: torch.device | str | None,
 ) -> Tensor:
     """One forward pass on a zero and a random input: checks the shape, gives the width."""
-    rows = torch.stack(
-        [torch.zeros(shape), torch.rand(shape, generator=torch.Generator().manual_seed(0))]
-    )
-    x = _to_layout(rows, layout)
+    x = _to_layout(probe_rows(shape), layout)
     try:
         if loaded.query_fn is not None:  # ONNX: onnxruntime is the reference implementation
             out = torch.from_numpy(np.asarray(loaded.query_fn(x.numpy())))
@@ -584,22 +594,3 @@ def _settle_mode(module: nn.Module, loaded: _Loaded, name: str, provenance: dict
         warnings.warn(message, AegisWarning, stacklevel=3)
         provenance["mode"] = "saved in training mode; switched to eval"
     module.eval()
-
-
-def _note_probabilities(
-    file: Path, loaded: _Loaded, out: Tensor, provenance: dict[str, str]
-) -> None:
-    if loaded.probabilities:
-        provenance["outputs"] = "probabilities (softmax)"
-    else:
-        rows = out.double()
-        sums = rows.sum(dim=1)
-        if bool((rows >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4)):
-            provenance["outputs"] = "probabilities (non-negative, summing to 1)"
-    if "outputs" in provenance:
-        warnings.warn(
-            f"{file.name} outputs probabilities, not logits: logit-based losses (CW, DLR) are "
-            "weakened; export the model without its final softmax for a strong evaluation",
-            AegisWarning,
-            stacklevel=3,
-        )

@@ -47,7 +47,7 @@ def _load_onnx(file: Path) -> _Loaded:
     try:
         import onnx
     except ImportError as exc:
-        raise ModelError("loading .onnx needs onnx: pip install 'aegis[onnx]'") from exc
+        raise ModelError("loading .onnx needs onnx: pip install 'aegis-robust[onnx]'") from exc
     proto = _read_onnx(onnx, file)
     checker_note = ""
     try:

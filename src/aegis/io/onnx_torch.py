@@ -23,8 +23,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class _Step:
     inputs: tuple[str, ...]  # "" for an omitted optional input
     outputs: tuple[str, ...]
     drop: tuple[str, ...]  # values whose last use is this step
+    attrs: Mapping[str, Any] = field(default_factory=dict)
 
 
 class OnnxModule(nn.Module):
@@ -75,8 +76,10 @@ class OnnxModule(nn.Module):
         outputs: Sequence[str],
         constants: dict[str, Tensor],
         steps: Sequence[_Step],
+        opset: int = 13,
     ) -> None:
         super().__init__()
+        self.opset = opset
         self.input_names = [name for name, _ in inputs]
         self.input_dtypes = [dtype for _, dtype in inputs]
         self.output_names = list(outputs)
@@ -111,6 +114,29 @@ class OnnxModule(nn.Module):
                 env.pop(name, None)
         outs = tuple(env[name] for name in self.output_names)
         return outs[0] if len(outs) == 1 else outs
+
+    def final_op(self) -> tuple[str, int] | None:
+        """The op producing the only output, and its ``axis`` (the opset's default where the
+        node gives none), when that op is ``Softmax`` or ``LogSoftmax``; else None."""
+        if len(self.output_names) != 1 or not self._steps:
+            return None
+        last = self._steps[-1]
+        if last.op not in ("Softmax", "LogSoftmax") or last.outputs[:1] != (self.output_names[0],):
+            return None
+        default = 1 if self.opset < 13 else -1
+        return last.op, int(last.attrs.get("axis", default))
+
+    def without_final_op(self) -> OnnxModule:
+        """The same graph without its final node: it returns that node's input. The weights are
+        shared, not copied."""
+        last = self._steps[-1]
+        constants = {}
+        for name, attr in self._constant_attrs.items():
+            buf = self._buffers[attr]
+            if buf is not None:
+                constants[name] = buf
+        inputs = list(zip(self.input_names, self.input_dtypes, strict=True))
+        return OnnxModule(inputs, [last.inputs[0]], constants, self._steps[:-1], self.opset)
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -154,12 +180,13 @@ def convert(
         for name, init in initializers.items()
         if name in used
     }
-    pending = _build(order, constants, {v.name for v in graph_inputs}, _default_opset(model))
+    opset = _default_opset(model)
+    pending = _build(order, constants, {v.name for v in graph_inputs}, opset)
     steps = _steps(pending, wanted)
     needed = {n for step in steps for n in step.inputs} | set(wanted)
     kept = {name: value for name, value in constants.items() if name in needed}
     inputs = [(v.name, _tensor_dtype(v)) for v in graph_inputs]
-    return OnnxModule(inputs, wanted, kept, steps)
+    return OnnxModule(inputs, wanted, kept, steps, opset)
 
 
 def _needed_nodes(graph: onnx.GraphProto, wanted: Sequence[str]) -> list[onnx.NodeProto]:
@@ -249,6 +276,7 @@ def _steps(pending: Sequence[tuple[onnx.NodeProto, OpFn]], wanted: Sequence[str]
             inputs=tuple(node.input),
             outputs=tuple(node.output),
             drop=tuple(drops.get(i, ())),
+            attrs={a.name: _attr_value(a, node.op_type) for a in node.attribute},
         )
         for i, (node, fn) in enumerate(pending)
     ]
