@@ -403,7 +403,15 @@ def _assemble(
     cleared = set(remedies["remedied"]) if remedies else set()
     names = [name for name in sanity.raised(flags) if name not in cleared]
     labeled = dataset.y is not None
+    moot = names if names and plan.targets is None and adversarial_accuracy(head) == 0.0 else []
+    names = [name for name in names if name not in moot]  # nothing withstood: no gap is left
     metrics = summarize(head, clf.num_classes, threshold, names, labeled=labeled)
+    if moot:
+        metrics["verdict"]["moot"] = moot
+        metrics["verdict"]["text"] = (
+            f"(sanity flags {', '.join(moot)} are moot: no input withstood the attack) "
+            + metrics["verdict"]["text"]
+        )
     if cleared:
         metrics["verdict"]["remedied"] = sorted(cleared)
         metrics["verdict"]["text"] = (
