@@ -165,5 +165,5 @@ def test_flags_are_moot_when_no_input_withstood(digits_model: Any) -> None:
     run = run_attack(sat, (x[:20].numpy(), y[:20].numpy()), attack="fast", eps=0.5)
     assert run.metrics["adversarial_accuracy"] == 0.0
     assert not run.metrics["verdict"]["suspicious"]
-    moot = run.metrics["verdict"].get("moot", [])
-    assert "moot" in run.verdict or not moot
+    assert run.metrics["verdict"]["moot"] == ["zero-gradients"]  # raised, not remedied
+    assert "zero-gradients are moot" in run.verdict
