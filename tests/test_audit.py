@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from aegis.audit.command import EXAMPLE
 from aegis.audit.config import load_config, parse_config
 from aegis.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK
+from aegis.cli.audit import EXAMPLE
 from aegis.errors import ConfigError
 
 Cli = Callable[..., tuple[int, str, str]]

@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aegis.audit.command import EXAMPLE
 from aegis.audit.config import AuditConfig, load_config, parse_config
+from aegis.cli.audit import EXAMPLE
 from aegis.errors import ConfigError
 
 VALID: dict[str, Any] = {

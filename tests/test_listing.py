@@ -9,7 +9,7 @@ import torch
 
 from aegis.api import run_attack
 from aegis.attacks.pgd import PGD
-from aegis.cli_listing import attacks_text, datasets_text, defenses_text
+from aegis.cli.listing import attacks_text, datasets_text, defenses_text
 from aegis.errors import ConfigError
 from aegis.io.data import list_datasets
 from aegis.model import Classifier

@@ -22,9 +22,9 @@ from _factories import attack_argv
 from conftest import CLASSES, SHAPE, synthetic
 
 from aegis.attacks.pgd import PGD
-from aegis.audit.command import EXAMPLE
 from aegis.audit.config import parse_config
 from aegis.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from aegis.cli.audit import EXAMPLE
 from aegis.engine import Batch, BatchWork, Evaluation, Finished, evaluate
 from aegis.errors import AegisError, CapabilityError, ConfigError
 from aegis.executors import LocalExecutor, create_executor

@@ -29,6 +29,7 @@ from aegis.model import Classifier, ModelInfo
 from aegis.records import Records
 from aegis.report.gallery import build_gallery, png_bytes, shown_indices
 from aegis.report.html import format_value, lookup, render_report, write_report
+from aegis.workflows.rundir_writer import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -415,7 +416,7 @@ def test_unknown_kind_is_shown_as_tables(tmp_path: Path) -> None:
         "sanity": [{"name": "overfit", "flagged": True, "evidence": "train/test gap 40%"}],
         "scores": list(np.linspace(0, 1, 500)),
     }
-    rundir.write_results(tmp_path, results)
+    write_results(tmp_path, results)
     page = (tmp_path / "report.html").read_text()
     stored = rundir.read_results(tmp_path)
     marks = check_numbers(

@@ -1,12 +1,24 @@
-"""Names → attacks. The registry's names are the vocabulary of the CLI and configs."""
+"""Names → entries. ``Registry[T]`` is the one registry every kind uses (attacks, suites,
+aliases here; preprocessing steps, training defenses, detectors, poisoning attacks, poison
+detectors and architectures in their own modules), and the attack functions below are the
+vocabulary of the CLI and configs.
+
+    >>> steps = Registry[type[Step]]("preprocessing defense")
+    >>> steps.register("jpeg", Jpeg)
+    >>> steps.create("jpeg", quality="75")  # checked and coerced by Jpeg's field types
+    >>> steps.list("j*")
+"""
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import fnmatch
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+import inspect
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from aegis.errors import ConfigError
 from aegis.params import coerce_params
@@ -15,6 +27,165 @@ if TYPE_CHECKING:
     from aegis.attacks.base import Attack
 
 A = TypeVar("A", bound="type[Attack]")
+T = TypeVar("T")
+
+UNKNOWN_PARAMETER = "{kind} {name!r} has no parameter {unknown}; {hint}its parameters are {known}"
+"""The default message for unknown parameters; its fields: ``kind``, ``name``, ``unknown``
+(the names, comma-separated), ``quoted`` (the same, each in quotes), ``hint`` (a "did you mean"
+or empty) and ``known`` (the parameters, sorted)."""
+
+_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+class Registry(Generic[T]):
+    """Names → entries of one ``kind`` (the word its messages use: ``"attack"``).
+
+    Names are lowercase kebab-case unless ``underscores`` (``mnist_cnn``) or not ``lowercase``
+    allow more. ``listing`` says how to see them after an unknown name (fields ``names`` and
+    ``count``); ``aliases`` maps old names to registered ones. An entry is a class, a factory,
+    or a spec whose ``cls`` is the class; :meth:`create` builds it after checking the
+    parameters (and coercing them by the class' field types when it is a dataclass).
+    Iterating, ``len``, ``in`` and ``registry[name]`` work as on a dict (registration order).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        underscores: bool = False,
+        lowercase: bool = True,
+        listing: str = "use one of {names}",
+        aliases: Mapping[str, str] | None = None,
+        unknown_parameter: str = UNKNOWN_PARAMETER,
+    ) -> None:
+        self.kind = kind
+        self.listing = listing
+        self.aliases: Mapping[str, str] = aliases if aliases is not None else {}
+        self.unknown_parameter = unknown_parameter
+        self._entries: dict[str, T] = {}
+        first = "a-z0-9" if lowercase else "A-Za-z0-9"
+        self._pattern = re.compile(f"[{first}][{first}{'_' if underscores else ''}-]*")
+        chars = "letters, digits, '_' or '-'" if underscores else "letters, digits or '-'"
+        plain = "lowercase kebab-case" if not underscores else "lowercase " + chars
+        self._rule = plain if lowercase else chars
+
+    def check_name(self, name: str) -> None:
+        """Refuse a name this kind does not allow, in one line."""
+        if not isinstance(name, str) or not self._pattern.fullmatch(name):
+            raise ConfigError(f"{self.kind} names are {self._rule}, got {name!r}; rename it")
+
+    def register(self, name: str, entry: T, *, replace: bool = False) -> T:
+        """Register ``entry`` as ``name`` (again with an equal entry is a no-op); returns it."""
+        self.check_name(name)
+        old = self._entries.get(name)
+        taken = name in self.aliases or (old is not None and old is not entry and old != entry)
+        if taken and not replace:
+            raise ConfigError(
+                f"{self.kind} {name!r} is already registered, so it would be registered twice; "
+                "pick another name or pass replace=True"
+            )
+        self._entries[name] = entry
+        return entry
+
+    def pop(self, name: str, default: T | None = None) -> T | None:
+        """Unregister ``name`` (tests and plugins); its entry, or ``default``."""
+        return self._entries.pop(name, default)
+
+    def get(self, name: str) -> T:
+        """The entry registered as ``name`` (or an alias of it); else one ConfigError line."""
+        key = self.aliases.get(name, name)
+        if key not in self._entries:
+            raise self.unknown(name)
+        return self._entries[key]
+
+    def unknown(self, name: str, *, also: Iterable[str] = ()) -> ConfigError:
+        """The error for an unknown ``name``: a "did you mean" (among the names, the aliases
+        and ``also``) and how to list them."""
+        extra = list(also)
+        close = difflib.get_close_matches(str(name), [*self._entries, *self.aliases, *extra], n=1)
+        hint = f"did you mean {self.aliases.get(close[0], close[0])!r}? " if close else ""
+        count = len(self._entries) + len(extra)
+        how = self.listing.format(names=", ".join(self.names()), count=count)
+        return ConfigError(f"unknown {self.kind} {name!r}; {hint}{how}")
+
+    def names(self) -> builtins.list[str]:
+        return sorted(self._entries)
+
+    def list(self, pattern: str = "*") -> builtins.list[T]:
+        """The entries whose name matches the shell-style ``pattern``, sorted by name."""
+        return [self._entries[n] for n in self.names() if fnmatch.fnmatch(n, pattern)]
+
+    def items(self) -> builtins.list[tuple[str, T]]:
+        return list(self._entries.items())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self)} entries)"
+
+    def builder(self, name: str) -> Callable[..., Any]:
+        """What :meth:`create` calls for ``name``: the entry's ``cls``, or the entry itself."""
+        entry = self.get(name)
+        cls = getattr(entry, "cls", None)
+        return cls if isinstance(cls, type) else cast("Callable[..., Any]", entry)
+
+    def parameters(self, name: str) -> builtins.list[str] | None:
+        """The keyword parameters ``name`` takes (None: any, through ``**kwargs``)."""
+        target = self.builder(name)
+        if isinstance(target, type) and is_dataclass(target):
+            return [f.name for f in fields(target) if f.init]
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            return None
+        found = signature.parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in found):
+            return None
+        return [p.name for p in found if p.kind in _KEYWORD]
+
+    def check(self, name: str, params: Mapping[str, Any], *, owner: str = "") -> dict[str, Any]:
+        """``params`` for ``name``: unknown ones refused naming the known ones, values coerced
+        by a dataclass' field types. ``owner`` (default ``name``) is the name messages use."""
+        owner = owner or name
+        target = self.builder(name)
+        known = self.parameters(name)
+        unknown = sorted(set(params) - set(known)) if known is not None else []
+        if unknown and known is not None:
+            close = difflib.get_close_matches(unknown[0], known, n=1) if len(unknown) == 1 else []
+            raise ConfigError(
+                self.unknown_parameter.format(
+                    kind=self.kind,
+                    name=owner,
+                    unknown=", ".join(unknown),
+                    quoted=", ".join(repr(u) for u in unknown),
+                    hint=f"did you mean {close[0]!r}? " if close else "",
+                    known=", ".join(sorted(known)) or "none",
+                )
+            )
+        if isinstance(target, type) and is_dataclass(target):
+            return coerce_params(owner, target, params)
+        return dict(params)
+
+    def create(self, name: str, /, **params: Any) -> Any:
+        """Build ``name`` with ``params`` (checked by :meth:`check`)."""
+        values = self.check(name, params)
+        try:
+            return self.builder(name)(**values)
+        except TypeError as exc:
+            raise ConfigError(f"bad arguments for {self.kind} {name!r}: {exc}") from exc
+
+
+# -- attacks, suites, aliases -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -32,7 +203,7 @@ class AttackSpec:
         return [f.name for f in fields(self.cls)]
 
 
-_ATTACKS: dict[str, AttackSpec] = {}
+_ATTACKS = Registry[AttackSpec]("attack", listing="`aegis attacks` lists the {count} available")
 
 
 def register(
@@ -49,16 +220,16 @@ def register(
     ``minimal`` marks a minimal-norm attack: run with ``eps = inf`` it returns each point's
     smallest adversarial perturbation found, so one run gives the accuracy-vs-ε curve.
     """
-    if name != name.lower() or " " in name or "_" in name:
-        raise ConfigError(f"attack names are lowercase kebab-case, got {name!r}")
+    _ATTACKS.check_name(name)
 
     def deco(cls: A) -> A:
-        taken = name in _ENSEMBLES or name in _ALIASES
-        if taken or (name in _ATTACKS and _ATTACKS[name].cls is not cls):
-            raise ConfigError(f"attack {name!r} is registered twice")
+        _not_taken(name, _ENSEMBLES, _ALIASES)
         doc = (cls.__doc__ or "").strip().splitlines()
-        _ATTACKS[name] = AttackSpec(
-            name, cls, norms, targeted, needs_gradients, paper, doc[0] if doc else "", minimal
+        _ATTACKS.register(
+            name,
+            AttackSpec(
+                name, cls, norms, targeted, needs_gradients, paper, doc[0] if doc else "", minimal
+            ),
         )
         cls.registry_name = name
         cls.norms = norms  # the registry's metadata is what the base class enforces
@@ -67,6 +238,12 @@ def register(
         return cls
 
     return deco
+
+
+def _not_taken(name: str, *others: Registry[Any]) -> None:
+    """Attacks, suites and aliases share one name space."""
+    if any(name in other for other in others):
+        raise ConfigError(f"{name!r} is registered twice")
 
 
 @dataclass(frozen=True)
@@ -92,21 +269,20 @@ class EnsembleSpec:
         return sorted({p for n in names for p in _spec(n).parameters()})
 
 
-_ENSEMBLES: dict[str, EnsembleSpec] = {}
+_ENSEMBLES = Registry[EnsembleSpec]("suite")
 
 
 def register_ensemble(spec: EnsembleSpec) -> EnsembleSpec:
     """Register a suite under its name (names are shared with attacks)."""
-    taken = spec.name in _ATTACKS or spec.name in _ALIASES
-    if taken or (spec.name in _ENSEMBLES and _ENSEMBLES[spec.name] != spec):
+    _not_taken(spec.name, _ATTACKS, _ALIASES)
+    if spec.name in _ENSEMBLES and _ENSEMBLES[spec.name] != spec:
         raise ConfigError(f"{spec.name!r} is registered twice")
-    _ENSEMBLES[spec.name] = spec
-    return spec
+    return _ENSEMBLES.register(spec.name, spec)
 
 
 def list_ensembles(pattern: str = "*") -> list[EnsembleSpec]:
     _load_builtins()
-    return [s for n, s in sorted(_ENSEMBLES.items()) if fnmatch.fnmatch(n, pattern)]
+    return _ENSEMBLES.list(pattern)
 
 
 @dataclass(frozen=True)
@@ -154,22 +330,21 @@ class AliasSpec:
         return self.target + (f" with {parts}" if parts else "")
 
 
-_ALIASES: dict[str, AliasSpec] = {}
+_ALIASES = Registry[AliasSpec]("alias")
 
 
 def register_alias(spec: AliasSpec) -> AliasSpec:
     """Register an alias; its name may not be an attack's, a suite's or another alias's."""
-    taken = spec.name in _ATTACKS or spec.name in _ENSEMBLES
-    if taken or (spec.name in _ALIASES and _ALIASES[spec.name] != spec):
+    _not_taken(spec.name, _ATTACKS, _ENSEMBLES)
+    if spec.name in _ALIASES and _ALIASES[spec.name] != spec:
         raise ConfigError(f"{spec.name!r} is registered twice")
-    _ALIASES[spec.name] = spec
-    return spec
+    return _ALIASES.register(spec.name, spec)
 
 
 def list_aliases(pattern: str = "*") -> list[AliasSpec]:
     """Registered aliases whose name matches a shell-style ``pattern``, sorted by name."""
     _load_builtins()
-    return [s for n, s in sorted(_ALIASES.items()) if fnmatch.fnmatch(n, pattern)]
+    return _ALIASES.list(pattern)
 
 
 SPARSE_GRADIENT = register_alias(
@@ -248,19 +423,14 @@ def _load_builtins() -> None:
 def list_attacks(pattern: str = "*") -> list[AttackSpec]:
     """Registered attacks whose name matches a shell-style ``pattern``, sorted by name."""
     _load_builtins()
-    return [s for n, s in sorted(_ATTACKS.items()) if fnmatch.fnmatch(n, pattern)]
+    return _ATTACKS.list(pattern)
 
 
 def _spec(name: str) -> AttackSpec:
     if name in _ALIASES:
         name = _ALIASES[name].target
     if name not in _ATTACKS:
-        known = [*_ATTACKS, *_ENSEMBLES, *_ALIASES]
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(
-            f"unknown attack {name!r}; {hint}`aegis attacks` lists the {len(known)} available"
-        )
+        raise _ATTACKS.unknown(name, also=[*_ENSEMBLES, *_ALIASES])
     return _ATTACKS[name]
 
 
@@ -336,16 +506,9 @@ def create(name: str, **params: Any) -> Attack:
     """Build the attack registered as ``name`` (or an alias's target with the alias's
     settings); ``None`` values keep the defaults."""
     spec = get_spec(name)
-    allowed = set(spec.parameters())
     given = {k: v for k, v in params.items() if v is not None}
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"attack {name!r} has no parameter {', '.join(unknown)}; "
-            f"its parameters are {', '.join(sorted(allowed))}"
-        )
-    values = coerce_params(name, spec.cls, given)
-    alias = _ALIASES.get(name)
-    if alias is None:
+    values = _ATTACKS.check(spec.name, given, owner=name)
+    if name not in _ALIASES:
         return spec.cls(**values)
+    alias = _ALIASES[name]
     return _alias_class(alias)(**alias.settings(values))

@@ -437,6 +437,7 @@ def run_audit(
 
 def _audit(config: AuditConfig, out_dir: Path, resume: bool) -> dict[str, Any]:
     from aegis.io import rundir
+    from aegis.workflows.rundir_writer import finish_run
 
     finished = _Finished(out_dir, resume)
     digests: dict[str, str | None] = {}
@@ -486,7 +487,7 @@ def _audit(config: AuditConfig, out_dir: Path, resume: bool) -> dict[str, Any]:
         "errors": errors,
         "passed": errors == 0 and all(e["passed"] for e in summaries),
     }
-    rundir.finish(out_dir, results)  # report.html (the generic renderer), then results.json
+    finish_run(out_dir, results)  # report.html (the generic renderer), then results.json
     results["out_dir"] = str(out_dir)
     results["reused"] = reused
     return results

@@ -51,6 +51,7 @@ from aegis.metrics import (
     worst_case_accuracy,
 )
 from aegis.model import Classifier
+from aegis.registry import Registry
 from aegis.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -367,7 +368,10 @@ class FittedSqueezing(FittedDetector):
         return logits, torch.stack(dists, 1).amax(1)
 
 
-DETECTORS: dict[str, type[Detector]] = {"mahalanobis": Mahalanobis, "squeeze": FeatureSqueezing}
+DETECTORS = Registry[type[Detector]]("detector")
+"""Registry name → adversarial-input detector class (the vocabulary of ``aegis detect``)."""
+DETECTORS.register("mahalanobis", Mahalanobis)
+DETECTORS.register("squeeze", FeatureSqueezing)
 
 
 # -- the adaptive attack ----------------------------------------------------------------------
@@ -644,13 +648,8 @@ def run_detect(
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1, got {limit}")
     if isinstance(detector, str):
-        if detector not in DETECTORS:
-            raise ConfigError(f"unknown detector {detector!r}; use one of {', '.join(DETECTORS)}")
         params = {k: v for k, v in (detector_params or {}).items() if v is not None}
-        try:
-            det: Detector = DETECTORS[detector](**params)
-        except TypeError as exc:
-            raise ConfigError(f"detector {detector!r} does not take {sorted(params)}") from exc
+        det: Detector = DETECTORS.create(detector, **params)
     else:
         det = detector
     algo = create_all(attack, norm=norm, **attack_params)

@@ -31,8 +31,6 @@ shape inside the bounds.
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import io
 import logging
 import math
@@ -48,7 +46,7 @@ from torch import Tensor
 
 from aegis.errors import CapabilityError, ConfigError, DataError
 from aegis.model import Classifier, LossFn
-from aegis.params import coerce_params
+from aegis.registry import Registry
 from aegis.remedies import average_draws
 
 log = logging.getLogger(__name__)
@@ -118,21 +116,22 @@ class PreprocessorSpec:
         return {f.name: f.default for f in fields(self.cls)}
 
 
-_PREPROCESSORS: dict[str, PreprocessorSpec] = {}
+_PREPROCESSORS = Registry[PreprocessorSpec](
+    "preprocessing defense",
+    listing="`aegis defenses` lists the {count} available",
+    unknown_parameter="{kind} {name!r} has no parameter {quoted}; {hint}its parameters are {known}",
+)
 
 P = TypeVar("P", bound=type[Preprocessor])
 
 
 def register_preprocessor(name: str, *, paper: str = "") -> Callable[[P], P]:
     """Class decorator: register a Preprocessor under a lowercase kebab-case ``name``."""
-    if name != name.lower() or " " in name or "_" in name:
-        raise ConfigError(f"preprocessing names are lowercase kebab-case, got {name!r}")
+    _PREPROCESSORS.check_name(name)
 
     def deco(cls: P) -> P:
-        if name in _PREPROCESSORS and _PREPROCESSORS[name].cls is not cls:
-            raise ConfigError(f"preprocessing {name!r} is registered twice")
         doc = (cls.__doc__ or "").strip().splitlines()
-        _PREPROCESSORS[name] = PreprocessorSpec(name, cls, doc[0] if doc else "", paper)
+        _PREPROCESSORS.register(name, PreprocessorSpec(name, cls, doc[0] if doc else "", paper))
         cls.registry_name = name
         return cls
 
@@ -141,34 +140,17 @@ def register_preprocessor(name: str, *, paper: str = "") -> Callable[[P], P]:
 
 def list_preprocessors(pattern: str = "*") -> list[PreprocessorSpec]:
     """Registered preprocessing defenses whose name matches ``pattern``, sorted by name."""
-    return [s for n, s in sorted(_PREPROCESSORS.items()) if fnmatch.fnmatch(n, pattern)]
-
-
-def _hint(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
+    return _PREPROCESSORS.list(pattern)
 
 
 def _get(name: str) -> PreprocessorSpec:
-    if name not in _PREPROCESSORS:
-        raise ConfigError(
-            f"unknown preprocessing defense {name!r}; {_hint(name, list(_PREPROCESSORS))}"
-            f"`aegis defenses` lists the {len(_PREPROCESSORS)} available"
-        )
-    return _PREPROCESSORS[name]
+    return _PREPROCESSORS.get(name)
 
 
 def create_preprocessor(name: str, **params: Any) -> Preprocessor:
     """Build the step registered as ``name`` with keyword parameters."""
-    spec = _get(name)
-    allowed = spec.parameters()
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(
-                f"preprocessing {name!r} has no parameter {key!r}; {_hint(key, list(allowed))}"
-                f"its parameters are {', '.join(allowed) or 'none'}"
-            )
-    return spec.cls(**coerce_params(name, spec.cls, params))
+    built: Preprocessor = _PREPROCESSORS.create(name, **params)
+    return built
 
 
 def parse_preprocess(text: str | Preprocessor) -> Preprocessor:

@@ -29,7 +29,6 @@ mart       Wang et al. 2020 — BCE(f(x'), y) + λ·KL(f(x) ‖ f(x'))·(1 − p
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -42,7 +41,7 @@ from torch import Tensor, nn
 from aegis.attacks.pgd import PGD
 from aegis.errors import ConfigError
 from aegis.model import Classifier
-from aegis.params import coerce_params
+from aegis.registry import Registry
 from aegis.threat import ThreatModel
 
 STEP_FACTOR = 2.5
@@ -112,9 +111,9 @@ class TrainingSpec:
         return [f.name for f in fields(self.cls)]
 
 
-_TRAINING: dict[str, TrainingSpec] = {}
 ALIASES = {"pgd": "pgd-at"}
 """Older names: ``adversarial="pgd"`` / ``--adversarial pgd`` mean ``pgd-at``."""
+_TRAINING = Registry[TrainingSpec]("defense", aliases=ALIASES)
 
 D = TypeVar("D", bound="type[TrainingDefense]")
 
@@ -123,16 +122,12 @@ def register_training(
     name: str, *, paper: str, needs: str, suffix: str | None = None
 ) -> Callable[[D], D]:
     """Class decorator: register a training defense under a lowercase kebab-case ``name``."""
-    if name != name.lower() or " " in name or "_" in name:
-        raise ConfigError(f"defense names are lowercase kebab-case, got {name!r}")
+    _TRAINING.check_name(name)
 
     def deco(cls: D) -> D:
-        if name in _TRAINING and _TRAINING[name].cls is not cls:
-            raise ConfigError(f"training defense {name!r} is registered twice")
         doc = (cls.__doc__ or "").strip().splitlines()
-        _TRAINING[name] = TrainingSpec(
-            name, cls, paper, doc[0] if doc else "", needs, suffix or name
-        )
+        summary = doc[0] if doc else ""
+        _TRAINING.register(name, TrainingSpec(name, cls, paper, summary, needs, suffix or name))
         cls.registry_name = name
         return cls
 
@@ -140,37 +135,20 @@ def register_training(
 
 
 def list_training_defenses() -> list[TrainingSpec]:
-    return [s for _, s in sorted(_TRAINING.items())]
+    return _TRAINING.list()
 
 
 def get_training_spec(name: str) -> TrainingSpec:
     """The spec registered as ``name`` (or an alias); unknown names get a "did you mean"."""
-    key = ALIASES.get(name, name)
-    if key not in _TRAINING:
-        close = difflib.get_close_matches(name, [*_TRAINING, *ALIASES], n=1)
-        hint = f"did you mean {ALIASES.get(close[0], close[0])!r}? " if close else ""
-        raise ConfigError(
-            f"unknown defense {name!r}; {hint}use one of {', '.join(sorted(_TRAINING))}"
-        )
-    return _TRAINING[key]
+    return _TRAINING.get(name)
 
 
 def create_training_defense(name: str, **params: Any) -> TrainingDefense:
     """Build the defense registered as ``name``; ``None`` values keep the defaults."""
     spec = get_training_spec(name)
-    allowed = set(spec.parameters())
     given = {k: v for k, v in params.items() if v is not None}
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        listed = ", ".join(sorted(allowed)) or "none"
-        raise ConfigError(
-            f"defense {spec.name!r} has no parameter {', '.join(unknown)}; "
-            f"its parameters are: {listed}"
-        )
-    try:
-        return spec.cls(**coerce_params(spec.name, spec.cls, given))
-    except TypeError as exc:
-        raise ConfigError(f"bad parameters for defense {spec.name!r}: {exc}") from exc
+    built: TrainingDefense = _TRAINING.create(spec.name, **given)
+    return built
 
 
 def _check_weight(name: str, value: float) -> None:

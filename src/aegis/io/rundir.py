@@ -1,5 +1,6 @@
-"""Run directories: ``results.json`` (versioned schema), ``report.html``, ``samples.npz`` and
-``grid.png``.
+"""Run directories: ``results.json`` (versioned schema), ``samples.npz`` and the files beside
+them. Pure file I/O: rendering ``report.html`` is the workflows' step
+(``aegis.workflows.rundir_writer``).
 
 Nothing is written until the evaluation has finished; every file is written to a temporary name
 and renamed, and ``results.json`` is written last, so a directory with a ``results.json`` is a
@@ -39,7 +40,7 @@ def header(seed: int, kind: str | None = None) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     import torch
 
-    from aegis import __version__
+    from aegis._version import __version__
 
     return {
         "aegis": __version__,
@@ -50,7 +51,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -61,7 +62,7 @@ def _json_default(value: Any) -> Any:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    text = json.dumps(payload, indent=1, default=_json_default, allow_nan=True)
+    text = json.dumps(payload, indent=1, default=json_default, allow_nan=True)
     with atomic(path) as tmp:
         tmp.write_text(text)
 
@@ -72,28 +73,12 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def write_results(out: Path | str, results: dict[str, Any]) -> dict[str, Any]:
-    """Write ``results`` as ``out/results.json`` (creating ``out``) and record ``out_dir`` in
-    the returned results."""
-    out_dir = prepare(Path(out))
-    finish(out_dir, results)
-    results["out_dir"] = str(out_dir)
-    return results
+    """Transitional: the algorithm packages' workflows (``defenses``, ``leakage``,
+    ``poisoning``) still call this until they move into ``aegis.workflows``; new code calls
+    ``aegis.workflows.rundir_writer.write_results``. Delete this once they have moved."""
+    from aegis.workflows.rundir_writer import write_results as write
 
-
-def finish(out_dir: Path, results: dict[str, Any]) -> None:
-    """Write ``report.html`` (rendered from the results exactly as ``results.json`` will hold
-    them), then ``results.json`` last."""
-    from aegis.report.html import REPORT, render_report, write_html
-
-    results.setdefault("files", {})["report"] = REPORT
-    stored = json.loads(json.dumps(results, default=_json_default, allow_nan=True))
-    try:
-        page = render_report(stored)
-    except Exception:
-        write_json(out_dir / "results.json", results)  # never lose a finished evaluation
-        raise
-    write_html(out_dir / REPORT, page)
-    write_json(out_dir / "results.json", results)
+    return write(out, results)
 
 
 def prepare(out: Path) -> Path:

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from aegis.errors import ConfigError, DataError
 from aegis.model import Classifier
+from aegis.registry import Registry
 
 __all__ = [
     "ATTACKS",
@@ -585,10 +586,9 @@ class LabelConsistent(PoisoningAttack):
         }
 
 
-ATTACKS: dict[str, type[PoisoningAttack]] = {
-    "label-flip": LabelFlip,
-    "badnets": BadNets,
-    "blend": Blend,
-    "label-consistent": LabelConsistent,
-}
+ATTACKS = Registry[type[PoisoningAttack]]("poisoning attack")
 """Registry name → attack class; the names are the vocabulary of ``aegis poison --attack``."""
+ATTACKS.register("label-flip", LabelFlip)
+ATTACKS.register("badnets", BadNets)
+ATTACKS.register("blend", Blend)
+ATTACKS.register("label-consistent", LabelConsistent)

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from aegis.defenses.detection import _features, _require_module
 from aegis.errors import CapabilityError, ConfigError, DataError
 from aegis.model import Classifier
+from aegis.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -428,8 +429,7 @@ ANALYSES = ("exclusion", "silhouette", "size")
 """The class-level analyses of :class:`ActivationClustering`."""
 
 
-DETECTORS: dict[str, type[PoisonDetector]] = {
-    "activation-clustering": ActivationClustering,
-    "spectral": SpectralSignatures,
-}
+DETECTORS = Registry[type[PoisonDetector]]("poison detector")
 """Registry name → poison detector class (the vocabulary of ``aegis poison --defense``)."""
+DETECTORS.register("activation-clustering", ActivationClustering)
+DETECTORS.register("spectral", SpectralSignatures)

@@ -9,12 +9,12 @@ down by an integer factor so that ``results.json`` stays small.
 from __future__ import annotations
 
 import base64
+import io
 import math
-import struct
-import zlib
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from aegis.records import NORM_FIELDS, Records
 
@@ -34,26 +34,15 @@ def shown_indices(rec: Records, k: int = EXAMPLES) -> np.ndarray:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """Encode a CHW image in [0, 1] (1 or 3 channels) as an 8-bit PNG."""
+    """Encode a CHW image in [0, 1] (1 or 3 channels) as an 8-bit PNG (Pillow writes it)."""
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"expected a CHW image with 1 or 3 channels, got shape {image.shape}")
     pixels = np.round(np.clip(np.nan_to_num(image), 0.0, 1.0) * 255).astype(np.uint8)
-    channels, height, width = pixels.shape
-    rows = np.transpose(pixels, (1, 2, 0)).reshape(height, width * channels)
-    raw = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter type 0 on every row
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        body = tag + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    colour = 0 if channels == 1 else 2
-    head = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", head)
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
+    hwc = np.ascontiguousarray(np.transpose(pixels, (1, 2, 0)))
+    picture = Image.fromarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc)  # uint8: L or RGB
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
 
 
 def png_base64(image: np.ndarray) -> str:

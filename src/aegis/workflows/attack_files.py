@@ -12,6 +12,7 @@ import numpy as np
 from aegis.io import rundir
 from aegis.model import Classifier
 from aegis.records import Records
+from aegis.workflows.rundir_writer import finish_run
 
 if TYPE_CHECKING:
     from aegis.api import AttackPlan
@@ -79,7 +80,7 @@ def write_attack_run(
     if points:
         save_curve(out_dir / "curve.png", points, norm=norm, title=name, minimal_norms=found)
         results["files"]["curve"] = "curve.png"
-    rundir.finish(out_dir, results)
+    finish_run(out_dir, results)
 
 
 def curve_points(results: dict[str, Any]) -> list[tuple[float, float]]:

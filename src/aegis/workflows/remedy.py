@@ -73,14 +73,25 @@ def plan_remedy(
                 f"HopSkipJump (label-only, {LABEL_ONLY_QUERIES} queries, projected to ε) "
                 "added as a final member: it does not care about saturation"
             )
-    if "randomized" in raised and clf.eot_samples == 1 and model.differentiable:
+    # a saturated softmax can hide randomness (both draws give 1.0): look again on the view
+    revealed = model is not clf and "randomized" not in raised and _random(model, x)
+    if ("randomized" in raised or revealed) and clf.eot_samples == 1 and model.differentiable:
         model = EOTClassifier(model, EOT_DRAWS)
-        fixed.append("randomized")
-        attacks = [a for a in attacks if a.needs_gradients] or attacks
-        notes.append(f"EOT: every gradient averages {EOT_DRAWS} random draws")
+        if "randomized" in raised:
+            fixed.append("randomized")
+        else:
+            notes.append("the log-probabilities vary between two passes: the model is random")
+        notes.append(f"EOT: every gradient averages {EOT_DRAWS} random draws (queries: one)")
     if not fixed:
         return None
     return Remedy(fixed, model, attacks, notes)
+
+
+def _random(model: Classifier, x: torch.Tensor) -> bool:
+    """Whether two passes over the same inputs differ (the randomized probe's test)."""
+    with torch.no_grad():
+        a, b = model.logits(x[:16]), model.logits(x[:16])
+    return not torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def run_remedies(

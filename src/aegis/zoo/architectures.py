@@ -14,13 +14,13 @@ a registered architecture: one of :data:`ARCHITECTURES` (add your own with
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 
 from torch import Tensor, nn
 
 from aegis.errors import ConfigError
+from aegis.registry import Registry
 
 
 class ConvNet(nn.Module):
@@ -110,12 +110,19 @@ def tiny_mlp(input_shape: Sequence[int], num_classes: int, *, hidden: int = 64) 
     return TinyMLP(input_shape, num_classes, hidden=hidden)
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "mnist_cnn": mnist_cnn,
-    "digits_cnn": digits_cnn,
-    "tiny_mlp": tiny_mlp,
-}
+Factory = Callable[..., nn.Module]
+
+ARCHITECTURES = Registry[Factory](
+    "architecture",
+    underscores=True,
+    lowercase=False,
+    unknown_parameter="bad arguments for {kind} {name!r}: it has no parameter {unknown}; "
+    "{hint}its parameters are {known}",
+)
 """Architecture name → factory; the name is what sidecars and the CLI use."""
+ARCHITECTURES.register("mnist_cnn", mnist_cnn)
+ARCHITECTURES.register("digits_cnn", digits_cnn)
+ARCHITECTURES.register("tiny_mlp", tiny_mlp)
 
 DATASET_ARCH: dict[str, str] = {"mnist": "mnist_cnn", "digits": "digits_cnn"}
 """The reference architecture of each built-in dataset."""
@@ -125,9 +132,6 @@ ENTRY_POINT_GROUP = "aegis.architectures"
 ``my_net = "my_pkg.models:my_net"``."""
 
 _ZOO_PREFIXES = ("aegis.zoo.architectures:", "aegis.zoo:")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-
-Factory = Callable[..., nn.Module]
 
 
 def register_architecture(name: str, factory: Factory, *, replace: bool = False) -> Factory:
@@ -137,24 +141,15 @@ def register_architecture(name: str, factory: Factory, *, replace: bool = False)
 
         register_architecture("my_net", my_net)  # a sidecar may now say "factory": "my_net"
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ConfigError(
-            f"architecture name must be letters, digits, '_' or '-', got {name!r}; rename it"
-        )
+    ARCHITECTURES.check_name(name)
     if not callable(factory):
         raise ConfigError(f"architecture {name!r} must be a callable, got {type(factory).__name__}")
-    existing = ARCHITECTURES.get(name)
-    if existing is not None and existing is not factory and not replace:
-        raise ConfigError(
-            f"architecture {name!r} is already registered; pick another name or pass replace=True"
-        )
-    ARCHITECTURES[name] = factory
-    return factory
+    return ARCHITECTURES.register(name, factory, replace=replace)
 
 
 def list_architectures() -> list[str]:
     """The registered names and those installed packages declare, sorted."""
-    return sorted(set(ARCHITECTURES) | {ep.name for ep in _entry_points()})
+    return sorted(set(ARCHITECTURES.names()) | {ep.name for ep in _entry_points()})
 
 
 def find_architecture(spec: str) -> Factory | None:
@@ -203,15 +198,8 @@ def _load_entry_point(ep: metadata.EntryPoint) -> Factory:
 
 def create(name: str, **kwargs: object) -> nn.Module:
     """Build the architecture registered as ``name`` with its keyword arguments."""
-    factory = ARCHITECTURES.get(name)
-    if factory is None:
-        raise ConfigError(
-            f"unknown architecture {name!r}; use one of {', '.join(sorted(ARCHITECTURES))}"
-        )
-    try:
-        return factory(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"bad arguments for architecture {name!r}: {exc}") from exc
+    built: nn.Module = ARCHITECTURES.create(name, **kwargs)
+    return built
 
 
 def _shape(input_shape: Sequence[int]) -> tuple[int, int, int]:

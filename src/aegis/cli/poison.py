@@ -1,5 +1,5 @@
 """``aegis poison``: the Typer command over :func:`aegis.poisoning.run_poisoning` (no logic of
-its own). Registered in :mod:`aegis.cli`; imports nothing heavy until it runs."""
+its own); imports nothing heavy until it runs."""
 
 from __future__ import annotations
 
@@ -8,13 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from aegis.cli_options import Overwrite, Seed
-from aegis.io.claim import claimed
-from aegis.report.track_options import Mlflow, MlflowExperiment, MlflowUri, track, wanted
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{v:.1%}"
+from aegis.cli.formatting import pct
+from aegis.cli.options import Mlflow, MlflowExperiment, MlflowUri, Out, Overwrite, Seed
+from aegis.cli.run_dir import RunDir
 
 
 def poison(
@@ -107,7 +103,7 @@ def poison(
         None
     ),
     seed: Seed = 0,
-    out: Annotated[Path | None, typer.Option(help="Run directory for results.json.")] = None,
+    out: Out = None,
     overwrite: Overwrite = False,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
@@ -134,11 +130,7 @@ def poison(
     Prints clean / poisoned / cleaned models side by side and writes OUT/results.json
     (kind "poisoning").
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from aegis.errors import ConfigError
-    from aegis.io import rundir
     from aegis.poisoning.run import run_poisoning
 
     names = [d.strip() for d in defense.split(",") if d.strip()]
@@ -146,8 +138,15 @@ def poison(
         names = []
     if attack != "label-flip" and source is not None:
         raise ConfigError(f"--source applies to label-flip only, not {attack}")
-    out_dir = out if out is not None else rundir.default_run_dir(Path("runs"), "poison")
-    with claimed(Path(out_dir), overwrite=overwrite):
+    run_dir = RunDir.of(
+        out,
+        "poison",
+        overwrite=overwrite,
+        mlflow=mlflow,
+        mlflow_uri=mlflow_uri,
+        mlflow_experiment=mlflow_experiment,
+    )
+    with run_dir.writing():
         results = run_poisoning(
             dataset,
             attack=attack,
@@ -170,7 +169,7 @@ def poison(
             train_limit=train_limit,
             test_limit=test_limit,
             seed=seed,
-            out=out_dir,
+            out=run_dir.out_dir,
         )
     p = results["poisoning"]
     typer.echo(
@@ -178,6 +177,16 @@ def poison(
         f"points poisoned ({p['rate']:.1%}), {p['labels_changed']} labels changed; "
         f"{results['seconds']:.1f} s"
     )
+    _print_table(p)
+    typer.echo(f"results: {Path(results['out_dir']) / 'results.json'}")
+    run_dir.track(results["out_dir"])
+
+
+def _print_table(p: dict[str, Any]) -> None:
+    """Clean / poisoned / cleaned models side by side."""
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(show_header=True, header_style="bold")
     table.add_column("model")
     for col in ("clean accuracy", "backdoor success", "flagged", "precision", "recall"):
@@ -187,11 +196,11 @@ def poison(
         bd = m["backdoor"]
         table.add_row(
             label,
-            _pct(m["clean_accuracy"]),
-            _pct(None if bd is None else bd["rate"]),
+            pct(m["clean_accuracy"]),
+            pct(None if bd is None else bd["rate"]),
             "" if det is None else str(det["flagged"]),
-            "" if det is None else _pct(det["precision"]),
-            "" if det is None else _pct(det["recall"]),
+            "" if det is None else pct(det["precision"]),
+            "" if det is None else pct(det["recall"]),
         )
 
     row("clean data", p["models"]["clean"], None)
@@ -199,6 +208,3 @@ def poison(
     for name, d in p["defenses"].items():
         row(f"cleaned by {name}", d["cleaned"], d["detection"])
     Console().print(table)
-    typer.echo(f"results: {Path(results['out_dir']) / 'results.json'}")
-    if wanted(mlflow, mlflow_uri, mlflow_experiment):
-        track(results["out_dir"], mlflow_uri, mlflow_experiment)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from aegis.report.track_options import MlflowExperiment, MlflowUri, track, wanted
+from aegis.cli.options import MlflowExperiment, MlflowUri
+from aegis.cli.run_dir import track, wanted
 
 
 def report(

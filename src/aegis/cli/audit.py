@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from aegis.cli_options import Overwrite
+from aegis.cli.options import EXIT_ERROR, EXIT_GATE, MlflowExperiment, MlflowUri, Overwrite
+from aegis.cli.run_dir import track, wanted
 from aegis.errors import ConfigError, UsageError
-from aegis.report.track_options import MlflowExperiment, MlflowUri, track, wanted
 
 EXAMPLE = """\
 # aegis audit config: `aegis audit audit.yaml` runs every evaluation below for every model
@@ -199,7 +199,6 @@ def audit(
     """
     from aegis.audit.config import load_config
     from aegis.audit.run import run_audit
-    from aegis.cli_options import EXIT_ERROR, EXIT_GATE
     from aegis.io import rundir
 
     if example:

@@ -1,4 +1,5 @@
-"""``aegis compare RUN_A RUN_B``: the command (registered in ``aegis.cli``)."""
+"""``aegis compare RUN_A RUN_B``: what got better or worse between two runs (the work is in
+:mod:`aegis.report.diff`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from typing import Annotated
 
 import typer
 
+from aegis.cli.options import EXIT_GATE
 from aegis.errors import ConfigError
-
-EXIT_GATE = 3  # the same code as aegis attack's --success-threshold gate
 
 
 def compare(
