@@ -41,6 +41,9 @@ def print_summary(run: Any) -> None:
         + (f" · target {cfg['targets']}" if cfg["targets"] is not None else "")
         + _executor_note(cfg.get("executor"))
     )
+    outputs = str((res["model"].get("provenance") or {}).get("outputs", ""))
+    if outputs.startswith("logits recovered"):  # aegis changed what the attacks see
+        console.print(f"model outputs: {outputs} (--keep-softmax attacks them as they are)")
     table = Table(show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("clean", justify="right")
