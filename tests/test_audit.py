@@ -184,7 +184,7 @@ def test_audit_passes_and_errors(cli: Cli, tmp_path: Path, model_path: str) -> N
 
 
 def test_missing_figure_fails_with_a_reason() -> None:
-    from aegis.audit.run import judge
+    from aegis.workflows.audit import judge
 
     ev = parse_config(
         {**BASE, "evaluations": [{"type": "detect", "require": {"min_detection_auc": 0.5}}]}

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-import aegis.api
+import aegis.workflows.attack
 from aegis.audit.config import parse_config
-from aegis.audit.run import STATE, _key
 from aegis.cli import EXIT_ERROR, EXIT_OK
+from aegis.workflows.audit import STATE, _key
 
 Cli = Callable[..., tuple[int, str, str]]
 BATCH = 10  # 60 inputs: 6 batches per attack run
@@ -27,9 +27,9 @@ class Interrupted(RuntimeError):
 
 
 class Spy:
-    """Wraps ``aegis.api.evaluate`` (the call behind every attack evaluation): small batches,
-    an interruption on demand, and the batch files of each checkpoint folder before and
-    after each call."""
+    """Wraps ``aegis.workflows.attack.evaluate`` (the call behind every attack evaluation):
+    small batches, an interruption on demand, and the batch files of each checkpoint folder
+    before and after each call."""
 
     def __init__(self) -> None:
         self.stop: tuple[str, int] | None = None  # (folder part, samples done) to stop at
@@ -61,9 +61,9 @@ def _batches(folder: Path) -> Batches:
 
 @pytest.fixture()
 def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
-    real = aegis.api.evaluate
+    real = aegis.workflows.attack.evaluate
     s = Spy()
-    monkeypatch.setattr(aegis.api, "evaluate", lambda *a, **kw: s(real, *a, **kw))
+    monkeypatch.setattr(aegis.workflows.attack, "evaluate", lambda *a, **kw: s(real, *a, **kw))
     yield s
 
 

@@ -21,11 +21,11 @@ from aegis.leakage import (
     extract,
     lira_scores,
     membership_metrics,
-    run_extraction,
-    run_membership,
     threshold_scores,
 )
 from aegis.model import Classifier, ModelInfo
+from aegis.workflows.extract import run_extraction
+from aegis.workflows.membership import run_membership
 from aegis.zoo.train import train_classifier
 
 FAST = SubstituteRecipe(arch="tiny_mlp", epochs=20, min_steps=100, lr=5e-3)

@@ -24,8 +24,8 @@ from aegis.poisoning import (
     SpectralSignatures,
     Trigger,
     create_attack,
-    run_poisoning,
 )
+from aegis.workflows.poison import run_poisoning
 from aegis.zoo.train import train_classifier
 
 

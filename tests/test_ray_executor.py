@@ -25,9 +25,9 @@ from aegis.attacks.pgd import PGD
 from aegis.audit.config import parse_config
 from aegis.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from aegis.cli.audit import EXAMPLE
-from aegis.engine import Batch, BatchWork, Evaluation, Finished, evaluate
+from aegis.engine import Evaluation, evaluate
 from aegis.errors import AegisError, CapabilityError, ConfigError
-from aegis.executors import LocalExecutor, create_executor
+from aegis.executors import Batch, BatchWork, Finished, LocalExecutor, create_executor
 from aegis.executors.distributed import RAY_MISSING, Plan, RayExecutor
 from aegis.model import Classifier, ModelInfo
 from aegis.records import Records
@@ -194,8 +194,8 @@ def test_audit_config_executor_block(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     block = re.sub(r"(?m)^#   (name|workers|address):", r"  \1:", block)
     assert parse_config(yaml.safe_load(block)).executor.address == "auto"
 
-    import aegis.api
-    from aegis.audit.run import run_audit
+    import aegis.workflows.attack
+    from aegis.workflows.audit import run_audit
 
     seen: dict[str, Any] = {}
 
@@ -203,7 +203,7 @@ def test_audit_config_executor_block(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         seen.update(kw)
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(aegis.api, "run_attack", fake_run_attack)
+    monkeypatch.setattr(aegis.workflows.attack, "run_attack", fake_run_attack)
     run_audit(cfg, tmp_path / "audit")
     assert (seen["executor"], seen["workers"], seen["ray_address"]) == ("ray", 3, "auto")
 

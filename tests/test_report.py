@@ -326,8 +326,9 @@ def test_a_flag_alone_makes_the_badge_suspicious(sweep_run: Path) -> None:
 
 
 def test_detection_and_certification_runs(digits_net: nn.Module, tmp_path: Path) -> None:
-    from aegis.defenses.certification import Smoothing, run_certify
-    from aegis.defenses.detection import run_detect
+    from aegis.defenses.certification import Smoothing
+    from aegis.workflows.certify import run_certify
+    from aegis.workflows.detect import run_detect
 
     clf = _clf(digits_net)
     run_detect(
@@ -375,7 +376,7 @@ def test_detection_and_certification_runs(digits_net: nn.Module, tmp_path: Path)
 
 
 def test_defense_comparison(digits_net: nn.Module, tmp_path: Path) -> None:
-    from aegis.defenses.compare import compare_defenses
+    from aegis.workflows.defend import compare_defenses
 
     model = tmp_path / "mlp.pt"
     torch.jit.script(digits_net).save(str(model))

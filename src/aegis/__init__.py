@@ -28,13 +28,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from aegis.api import run_attack
     from aegis.engine import evaluate
     from aegis.io.data import load_dataset
     from aegis.io.models import load_classifier
     from aegis.model import Classifier, ModelInfo
     from aegis.registry import create, list_attacks
     from aegis.threat import ThreatModel
+    from aegis.workflows.attack import run_attack
 
 _LAZY = {
     "Classifier": "aegis.model",
@@ -45,7 +45,7 @@ _LAZY = {
     "evaluate": "aegis.engine",
     "load_classifier": "aegis.io.models",
     "load_dataset": "aegis.io.data",
-    "run_attack": "aegis.api",
+    "run_attack": "aegis.workflows.attack",
 }
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,14 +28,13 @@ from torch import Tensor
 
 from aegis._alloc import keep_freed_memory
 from aegis.atomic import atomic, write_error
-from aegis.attacks.base import Attack
+from aegis.attacks.base import EVALUATE_WORDING, Attack, check_batch
 from aegis.errors import AegisError, ConfigError, DataError
+from aegis.executors import Executor, create_executor
+from aegis.executors.batches import Batch, BatchWork
 from aegis.model import FROZEN_MIN_POINTS, Classifier
 from aegis.records import Records
 from aegis.threat import ThreatModel, norms
-
-if TYPE_CHECKING:
-    from aegis.executors import Executor
 
 log = logging.getLogger(__name__)
 
@@ -79,58 +78,6 @@ def batch_seed(seed: int, start: int) -> int:
     return int(np.random.SeedSequence([seed, start]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-@dataclass(frozen=True)
-class Batch:
-    """One batch of an evaluation: its first index and its rows (on the CPU, as given)."""
-
-    start: int
-    x: Tensor
-    y: Tensor
-    targets: Tensor | None
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A batch's records (``index`` and ``seconds`` filled in) and adversarial inputs."""
-
-    start: int
-    records: Records
-    x_adv: np.ndarray
-
-
-@dataclass(frozen=True)
-class BatchWork:
-    """What every batch of one evaluation runs: the attacks, the threat, the run seed. Small
-    and picklable, so an executor can send it to other processes with the batches."""
-
-    attacks: tuple[Attack, ...]
-    threat: ThreatModel
-    seed: int
-    attack_misclassified: bool
-
-    def __call__(self, model: Classifier, batch: Batch) -> Finished:
-        """Attack ``batch`` on ``model``'s device; the result is back on the CPU."""
-        t0 = time.perf_counter()
-        xb = batch.x.to(model.device, torch.float32)
-        yb = batch.y.to(model.device)
-        tb = None if batch.targets is None else batch.targets.to(model.device)
-        rec, xb_adv = _run_batch(
-            model,
-            xb,
-            yb,
-            tb,
-            list(self.attacks),
-            self.threat,
-            self.seed,
-            batch.start,
-            self.attack_misclassified,
-        )
-        m = xb.shape[0]
-        rec.index = np.arange(batch.start, batch.start + m)
-        rec.seconds = np.full(m, (time.perf_counter() - t0) / m)
-        return Finished(batch.start, rec, xb_adv.cpu().numpy())
-
-
 def evaluate(
     model: Classifier,
     x: np.ndarray | Tensor,
@@ -169,31 +116,11 @@ def evaluate(
             such as ``RayExecutor(workers=4)``. The records are the same on every executor
             (timings aside); ``config["executor"]`` says which one ran.
     """
-    from aegis.executors import Executor, create_executor
-
     runner = executor if isinstance(executor, Executor) else create_executor(executor)
     xt = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
     yt = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
     n = xt.shape[0]
-    if yt.shape != (n,):
-        raise DataError(f"labels must have one entry per input ({n}), got shape {tuple(yt.shape)}")
-    if n and (yt.min() < 0 or yt.max() >= model.num_classes):
-        raise DataError(
-            f"labels must lie in [0, {model.num_classes - 1}] for this {model.num_classes}-class "
-            f"model, got a label {int(yt.max()) if yt.max() >= 0 else int(yt.min())}; "
-            "check --labels and --num-classes"
-        )
-    if not torch.is_floating_point(xt):
-        raise DataError(f"inputs must be floating point in the model's bounds, got {xt.dtype}")
-    model.check_input(xt[:1] if n else xt.new_zeros((1, *model.input_shape)))
-    if not torch.isfinite(xt).all():
-        raise DataError("inputs contain NaN or inf; clean the data before attacking")
-    lo, hi = model.bounds
-    if n and (xt.min() < lo - 1e-6 or xt.max() > hi + 1e-6):
-        raise DataError(
-            f"data values lie in [{xt.min().item():.4g}, {xt.max().item():.4g}] outside the "
-            f"model's bounds [{lo}, {hi}]; use --scale or --bounds"
-        )
+    check_batch(model, xt, yt, None, wording=EVALUATE_WORDING)
     attacks = [attack] if isinstance(attack, Attack) else list(attack)
     if not attacks:
         raise ConfigError("an ensemble needs at least one attack")
@@ -230,7 +157,7 @@ def evaluate(
         done += len(saved[0])
         if progress is not None:
             progress(done)
-    work = BatchWork(tuple(attacks), threat, seed, attack_misclassified)
+    work = BatchWork(tuple(attacks), threat, seed, attack_misclassified, _run_batch)
     for batch in runner.run(model, work, pending, warmup=warmup):
         finished[batch.start] = (batch.records, batch.x_adv)
         if store is not None:

@@ -23,28 +23,87 @@ from aegis.model import Classifier, LossFn
 from aegis.threat import ThreatModel
 
 
-def check_batch(model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None) -> None:
-    """Validate an attack call: shapes, finiteness, the box, label and target ranges."""
-    model.check_input(x)
+@dataclass(frozen=True)
+class Wording:
+    """How :func:`check_batch` words its errors, and in which order it checks: an attack
+    call's (``ATTACK_WORDING``) or ``engine.evaluate``'s (``EVALUATE_WORDING``). The templates
+    are ``str.format`` strings; each uses a subset of the fields :func:`check_batch` passes."""
+
+    dtype: str
+    finite: str
+    box: str
+    label_shape: str
+    label_range: str
+    labels_first: bool = False  # check the labels before the inputs
+    shape_when_empty: bool = True  # check the input shape of an empty batch too
+
+
+ATTACK_WORDING = Wording(
+    dtype="x must be a floating-point tensor, got {dtype}",
+    finite="x contains NaN or inf; clean the data before attacking",
+    box="x has values in [{lo:.4g}, {hi:.4g}] outside the model's bounds [{blo}, {bhi}]; "
+    "rescale the data or declare --bounds",
+    label_shape="{name} must have shape ({n},), got {shape}",
+    label_range="{name} must lie in [0, {last}], got values in [{low}, {high}]",
+)
+EVALUATE_WORDING = Wording(
+    dtype="inputs must be floating point in the model's bounds, got {dtype}",
+    finite="inputs contain NaN or inf; clean the data before attacking",
+    box="data values lie in [{lo:.4g}, {hi:.4g}] outside the model's bounds [{blo}, {bhi}]; "
+    "use --scale or --bounds",
+    label_shape="labels must have one entry per input ({n}), got shape {shape}",
+    label_range="labels must lie in [0, {last}] for this {k}-class model, got a label "
+    "{label}; check --labels and --num-classes",
+    labels_first=True,
+    shape_when_empty=False,
+)
+
+
+def check_batch(
+    model: Classifier,
+    x: Tensor,
+    y: Tensor,
+    targets: Tensor | None,
+    *,
+    wording: Wording = ATTACK_WORDING,
+) -> None:
+    """Validate a batch (the one place inputs are checked, for attacks and ``evaluate``):
+    shapes, floating point, finiteness, the box, label and target ranges."""
+    if wording.labels_first:
+        _check_labels(model, x.shape[0], y, targets, wording)
+    if x.shape[0] or wording.shape_when_empty:
+        model.check_input(x)
     if not torch.is_floating_point(x):
-        raise DataError(f"x must be a floating-point tensor, got {x.dtype}")
+        raise DataError(wording.dtype.format(dtype=x.dtype))
     if not torch.isfinite(x).all():
-        raise DataError("x contains NaN or inf; clean the data before attacking")
+        raise DataError(wording.finite)
     lo, hi = model.bounds
     if x.numel() and (x.min() < lo - 1e-6 or x.max() > hi + 1e-6):
-        raise DataError(
-            f"x has values in [{x.min().item():.4g}, {x.max().item():.4g}] outside the model's "
-            f"bounds [{lo}, {hi}]; rescale the data or declare --bounds"
-        )
+        raise DataError(wording.box.format(lo=x.min().item(), hi=x.max().item(), blo=lo, bhi=hi))
+    if not wording.labels_first:
+        _check_labels(model, x.shape[0], y, targets, wording)
+
+
+def _check_labels(
+    model: Classifier, n: int, y: Tensor, targets: Tensor | None, wording: Wording
+) -> None:
+    k = model.num_classes
     for name, labels in (("y", y), ("targets", targets)):
         if labels is None:
             continue
-        if labels.shape != (x.shape[0],):
-            raise DataError(f"{name} must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= model.num_classes):
+        if labels.shape != (n,):
+            raise DataError(wording.label_shape.format(name=name, n=n, shape=tuple(labels.shape)))
+        if labels.numel() and (labels.min() < 0 or labels.max() >= k):
+            low, high = labels.min().item(), labels.max().item()
             raise DataError(
-                f"{name} must lie in [0, {model.num_classes - 1}], got values in "
-                f"[{labels.min().item()}, {labels.max().item()}]"
+                wording.label_range.format(
+                    name=name,
+                    k=k,
+                    last=k - 1,
+                    low=low,
+                    high=high,
+                    label=int(high) if high >= 0 else int(low),
+                )
             )
 
 

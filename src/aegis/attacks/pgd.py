@@ -48,7 +48,7 @@ class PGD(Attack):
         targets: Tensor | None,
         generator: torch.Generator | None,
     ) -> Tensor:
-        step = resolve_step(self.step_size, threat.eps, self.steps, 2.5)
+        step = resolve_step(self.step_size, threat.eps, self.steps)
         return gradient_ascent(
             model,
             x,

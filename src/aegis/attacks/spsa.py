@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from aegis.attacks._params import resolve_step
 from aegis.attacks._queries import rows_per_call
 from aegis.attacks.base import Attack, is_adversarial, margin
 from aegis.errors import ConfigError
@@ -73,7 +74,7 @@ class SPSA(Attack):
         if self.step_size is not None:
             return self.step_size
         scale = threat.eps if threat.norm == "linf" else threat.eps / math.sqrt(dim)
-        return max(0.01, 2.5 * scale / self.steps) if math.isfinite(scale) else 0.01
+        return max(0.01, resolve_step(None, scale, self.steps)) if math.isfinite(scale) else 0.01
 
     def run(
         self,

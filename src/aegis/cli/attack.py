@@ -327,7 +327,7 @@ def attack(
         aegis attack model.keras attack_dataset.npy --labels labels.npy --attack bim
         --eps 0.3 --step 0.01 --iterations 100 --target 5 --success-threshold 0.9
     """
-    from aegis.api import plan_attack, run_attack
+    from aegis.workflows.attack import plan_attack, run_attack
 
     with checking_options():
         model_options = _model_options(

@@ -1,4 +1,4 @@
-"""``aegis audit CONFIG``: the Typer command (thin; the work is in :mod:`aegis.audit.run`)."""
+"""``aegis audit CONFIG``: the Typer command (thin; the work is in :mod:`aegis.workflows.audit`)."""
 
 from __future__ import annotations
 
@@ -198,8 +198,8 @@ def audit(
         aegis audit audit.yaml --out runs/audit --resume   # after an interruption
     """
     from aegis.audit.config import load_config
-    from aegis.audit.run import run_audit
     from aegis.io import rundir
+    from aegis.workflows.audit import run_audit
 
     if example:
         if config == "-":

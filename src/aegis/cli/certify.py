@@ -58,7 +58,8 @@ def certify(
         aegis certify models/mnist_cnn_noise0.25.safetensors mnist --sigma 0.25 --n0 100
         --n 1000 --alpha 0.001 --radii 0,0.25,0.5,1 --limit 100 --out runs/certify
     """
-    from aegis.defenses.certification import Smoothing, run_certify
+    from aegis.defenses.certification import Smoothing
+    from aegis.workflows.certify import run_certify
 
     grid = floats(radii, "--radii") or ()
     smoothing = Smoothing(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=noise_batch)

@@ -1,5 +1,5 @@
 """``aegis defend BASE DATA``: an undefended model and its defended versions in one table
-(the work is in :func:`aegis.defenses.compare.compare_defenses`)."""
+(the work is in :func:`aegis.workflows.defend.compare_defenses`)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def defend(
     L2 radius (with probability 1 − α), not an attack's figure. Each family in depth:
     `aegis detect`, `aegis certify`.
     """
-    from aegis.defenses.compare import compare_defenses
+    from aegis.workflows.defend import compare_defenses
 
     run_dir = RunDir.of(
         out,

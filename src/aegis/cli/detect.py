@@ -96,7 +96,7 @@ def detect(
         aegis detect models/mnist_cnn.safetensors mnist --detector mahalanobis --attack pgd
         --eps 0.3 --fit-limit 1000 --limit 200 --out runs/detect
     """
-    from aegis.defenses.detection import run_detect
+    from aegis.workflows.detect import run_detect
 
     run_dir = RunDir.of(
         out,

@@ -100,7 +100,8 @@ def extract(
     it misclassifies under an attack crafted on the substitute (PGD L∞ ε=0.3 by default).
     Writes results.json and fidelity.png (fidelity against the budget) to the run directory.
     """
-    from aegis.leakage.extraction import SubstituteRecipe, run_extraction
+    from aegis.leakage.extraction import SubstituteRecipe
+    from aegis.workflows.extract import run_extraction
 
     options = {"num_classes": num_classes, "factory": factory, "trust_sidecar": trust_sidecar}
     recipe = SubstituteRecipe(arch=arch, epochs=epochs, min_steps=min_steps, lr=lr)

@@ -70,7 +70,8 @@ def membership(
     """
     from rich.table import Table
 
-    from aegis.leakage.membership import TargetRecipe, run_membership
+    from aegis.leakage.membership import TargetRecipe
+    from aegis.workflows.membership import run_membership
 
     recipe = TargetRecipe(arch=arch, epochs=epochs, lr=lr, batch_size=batch_size)
     run_dir = RunDir.of(

@@ -1,5 +1,5 @@
-"""``aegis poison``: the Typer command over :func:`aegis.poisoning.run_poisoning` (no logic of
-its own); imports nothing heavy until it runs."""
+"""``aegis poison``: the Typer command over :func:`aegis.workflows.poison.run_poisoning` (no
+logic of its own); imports nothing heavy until it runs."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def poison(
     (kind "poisoning").
     """
     from aegis.errors import ConfigError
-    from aegis.poisoning.run import run_poisoning
+    from aegis.workflows.poison import run_poisoning
 
     names = [d.strip() for d in defense.split(",") if d.strip()]
     if names == ["none"]:

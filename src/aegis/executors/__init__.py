@@ -16,11 +16,11 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aegis.errors import ConfigError
+from aegis.executors.batches import Batch, BatchWork, Finished, RunBatch
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from aegis.engine import Batch, BatchWork, Finished
     from aegis.model import Classifier
 
 EXECUTORS = ("local", "ray")
@@ -93,4 +93,13 @@ def create_executor(
     return RayExecutor(workers=workers, address=address)
 
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "create_executor"]
+__all__ = [
+    "EXECUTORS",
+    "Batch",
+    "BatchWork",
+    "Executor",
+    "Finished",
+    "LocalExecutor",
+    "RunBatch",
+    "create_executor",
+]

@@ -32,11 +32,12 @@ import torch
 
 from aegis.errors import AegisError, CapabilityError, ConfigError
 from aegis.executors import Executor
+from aegis.executors.batches import Batch
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from aegis.engine import Batch, BatchWork, Finished
+    from aegis.executors.batches import BatchWork, Finished
     from aegis.model import Classifier
 
 log = logging.getLogger(__name__)
@@ -300,7 +301,6 @@ class _Worker:
 
 def _detached(batch: Batch) -> Batch:
     """The batch with its own copies of its rows (a slice would serialize all the data)."""
-    from aegis.engine import Batch
 
     def own(t: Tensor) -> Tensor:
         return t.detach().cpu().clone()

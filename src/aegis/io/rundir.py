@@ -72,15 +72,6 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
 
 
-def write_results(out: Path | str, results: dict[str, Any]) -> dict[str, Any]:
-    """Transitional: the algorithm packages' workflows (``defenses``, ``leakage``,
-    ``poisoning``) still call this until they move into ``aegis.workflows``; new code calls
-    ``aegis.workflows.rundir_writer.write_results``. Delete this once they have moved."""
-    from aegis.workflows.rundir_writer import write_results as write
-
-    return write(out, results)
-
-
 def prepare(out: Path) -> Path:
     """Create ``out`` (or reuse it); refuse a path that is a file."""
     if out.exists() and not out.is_dir():

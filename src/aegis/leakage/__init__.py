@@ -1,5 +1,7 @@
 """Leakage: what a model gives away through its outputs — model extraction (Copycat, Knockoff
-Nets) and membership inference (loss threshold, LiRA).
+Nets) and membership inference (loss threshold, LiRA). The workflows over them, behind
+``aegis extract`` and ``aegis membership``, are :mod:`aegis.workflows.extract` and
+:mod:`aegis.workflows.membership`.
 
 The names below are imported on first use, so ``aegis --help`` does not import torch."""
 
@@ -15,7 +17,6 @@ if TYPE_CHECKING:
         QueryOracle,
         SubstituteRecipe,
         extract,
-        run_extraction,
         transfer_attack,
     )
     from aegis.leakage.membership import (
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
         attack_target,
         lira_scores,
         membership_metrics,
-        run_membership,
         threshold_scores,
     )
 
@@ -33,13 +33,11 @@ _WHERE = {
     "QueryOracle": "extraction",
     "SubstituteRecipe": "extraction",
     "extract": "extraction",
-    "run_extraction": "extraction",
     "transfer_attack": "extraction",
     "TargetRecipe": "membership",
     "attack_target": "membership",
     "lira_scores": "membership",
     "membership_metrics": "membership",
-    "run_membership": "membership",
     "threshold_scores": "membership",
 }
 
@@ -53,8 +51,6 @@ __all__ = [
     "extract",
     "lira_scores",
     "membership_metrics",
-    "run_extraction",
-    "run_membership",
     "threshold_scores",
     "transfer_attack",
 ]

@@ -23,7 +23,9 @@ examples crafted with a white-box attack on the substitute (PGD L∞ by default)
 victim: the share of the points the victim classifies correctly that it then gets wrong.
 
     >>> sub, info = extract(victim, pool, budget=1000, output=OutputPolicy.parse("labels"))
-    >>> run_extraction("models/mnist_cnn.safetensors", "mnist", query_data="digits")
+
+The workflow over a grid of budgets and output policies, the Python call behind
+``aegis extract``, is :func:`aegis.workflows.extract.run_extraction`.
 """
 
 from __future__ import annotations
@@ -31,9 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aegis.errors import ConfigError, DataError
-from aegis.io.data import Dataset
 from aegis.model import Classifier
 
 log = logging.getLogger(__name__)
@@ -149,7 +148,7 @@ class QueryOracle:
 
 @dataclass(frozen=True, kw_only=True)
 class SubstituteRecipe:
-    """How the substitute is trained (with :func:`aegis.zoo.train.train_classifier`).
+    """How the substitute is trained (with :func:`aegis.training.train_classifier`).
 
     Args:
         arch: ``mnist_cnn``, ``digits_cnn`` or ``tiny_mlp``; ``None`` picks by input shape.
@@ -212,7 +211,7 @@ def extract(
         The substitute and a dict with ``method``, ``output``, ``budget``, ``queries`` (used, as
         counted by the oracle), the substitute's ``arch`` and ``epochs`` and ``seconds``.
     """
-    from aegis.zoo.train import train_classifier
+    from aegis.training import train_classifier
 
     recipe = recipe or SubstituteRecipe()
     oracle = QueryOracle(victim, budget=budget, output=output)
@@ -329,178 +328,3 @@ def fit_pool(pool: Tensor, shape: tuple[int, int, int]) -> tuple[Tensor, list[in
         )
     resized = F.interpolate(pool, size=shape[1:], mode="bilinear", align_corners=False)
     return resized.clamp(0.0, 1.0), [have[1], have[2]]
-
-
-def run_extraction(
-    model: Classifier | str | Path,
-    data: Any,
-    *,
-    query_data: Any = None,
-    budgets: Sequence[int] = (250, 500, 1000, 2000),
-    outputs: Sequence[str | OutputPolicy] = ("labels", "scores", "round:2", "round:1"),
-    recipe: SubstituteRecipe | None = None,
-    attack: str = "pgd",
-    norm: str = "linf",
-    eps: float = 0.3,
-    steps: int | None = 40,
-    transfer_limit: int = 200,
-    labels: str | Path | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    out: str | Path | None = None,
-    plot: bool = True,
-    progress: Callable[[int, int], None] | None = None,
-    model_options: dict[str, Any] | None = None,
-    data_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Extract ``model`` at every (output policy, budget) and score each substitute.
-
-    Args:
-        model: the victim (a file or a Classifier); it is only queried.
-        data: the victim's test data (labeled): accuracy, fidelity and transfer are measured
-            on its first ``limit`` inputs.
-        query_data: the attacker's pool (labels unused); default: the train split of a
-            built-in ``data`` (the victim's task; the reference models were trained on it).
-            Inputs of another height and width are resized bilinearly.
-        budgets: query budgets, one substitute each per output policy.
-        outputs: victim output policies, ``labels``, ``scores``, ``round:N``.
-        recipe: the substitute's training recipe.
-        attack, norm, eps, steps: the transfer attack crafted on each substitute.
-        transfer_limit: test inputs attacked (0: no transfer attack).
-        seed: seeds query order, training and attacks.
-        out: run directory for ``results.json`` and ``fidelity.png``.
-        plot: write ``fidelity.png`` (fidelity against the budget).
-        progress: called with (substitutes finished, total).
-
-    Returns:
-        The results (also written to ``out``/results.json): an ``extraction`` section with
-        one row per substitute in ``runs`` and the fidelity ``curves`` per output policy.
-    """
-    from aegis.io import rundir
-    from aegis.io.inputs import as_dataset, load_inputs
-
-    budget_list = sorted({int(b) for b in budgets})
-    if not budget_list or budget_list[0] < 1:
-        raise ConfigError(f"budgets must be >= 1 query each, got {list(budgets)}")
-    policies = [o if isinstance(o, OutputPolicy) else OutputPolicy.parse(o) for o in outputs]
-    if not policies:
-        raise ConfigError("give at least one output policy, e.g. --outputs labels,scores")
-    if transfer_limit < 0:
-        raise ConfigError(f"transfer_limit must be >= 0, got {transfer_limit}")
-    recipe = recipe or SubstituteRecipe()
-    victim, dataset, y_np = load_inputs(model, data, labels, limit, data_options, model_options)
-    if query_data is None:
-        from aegis.io.data import BUILTINS
-
-        if not (isinstance(data, str) and data in BUILTINS):
-            raise ConfigError(
-                "give the attacker's query data (--query-data FILE or a built-in name); only "
-                "a built-in test set has a default (its train split)"
-            )
-        pool_set = as_dataset(data, None, {"split": "train"})
-        pool_source = f"{data} train split"
-    else:
-        pool_set = as_dataset(query_data, None, {"split": "train"})
-        pool_source = str(query_data) if not isinstance(query_data, Dataset) else pool_set.name
-    pool, resized = fit_pool(pool_set.tensors()[0], victim.input_shape)
-    if budget_list[-1] > pool.shape[0]:
-        raise ConfigError(
-            f"the largest budget {budget_list[-1]} exceeds the query pool of {pool.shape[0]} "
-            "inputs; lower --budgets or give more --query-data"
-        )
-    x_test = torch.from_numpy(np.ascontiguousarray(dataset.x, dtype=np.float32))
-    y_test = torch.from_numpy(np.asarray(y_np, np.int64))
-    victim_pred = victim.predict(x_test)  # evaluation, not part of any attacker's budget
-    k = min(transfer_limit, int(x_test.shape[0]))
-    total = len(policies) * len(budget_list)
-    rows: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    for policy in policies:
-        for budget in budget_list:
-            sub, info = extract(
-                victim, pool, budget=budget, output=policy, recipe=recipe, seed=seed
-            )
-            row = {
-                **info,
-                "substitute_accuracy": float((sub.predict(x_test) == y_test).float().mean()),
-                "fidelity": fidelity(sub, victim_pred, x_test),
-                "transfer": None
-                if k == 0
-                else transfer_attack(
-                    sub,
-                    victim,
-                    x_test[:k],
-                    y_test[:k],
-                    attack=attack,
-                    norm=norm,
-                    eps=eps,
-                    steps=steps,
-                    seed=seed,
-                ),
-            }
-            rows.append(row)
-            log.info(
-                "%s %s budget %d: fidelity %.4f",
-                policy.method,
-                policy.name,
-                budget,
-                row["fidelity"],
-            )
-            if progress is not None:
-                progress(len(rows), total)
-    curves = {
-        p.name: [[r["budget"], r["fidelity"]] for r in rows if r["output"] == p.name]
-        for p in policies
-    }
-    results: dict[str, Any] = {
-        **rundir.header(seed, "extraction"),
-        "model": victim.describe(),
-        "data": dataset.to_dict(),
-        "query_data": {
-            "source": pool_source,
-            "n": int(pool.shape[0]),
-            "resized_from": resized,
-            "sampling": "uniform random (seeded); smaller budgets query a prefix",
-        },
-        "config": {
-            "budgets": budget_list,
-            "outputs": [p.name for p in policies],
-            "substitute": {
-                "arch": recipe.arch_for(victim.input_shape),
-                "epochs": recipe.epochs,
-                "min_steps": recipe.min_steps,
-                "lr": recipe.lr,
-                "batch_size": recipe.batch_size,
-                "augment_shift": recipe.augment_shift,
-                "weight_decay": recipe.weight_decay,
-            },
-            "transfer": {"attack": attack, "norm": norm, "eps": eps, "steps": steps, "n": k},
-            "papers": {
-                "copycat": "https://arxiv.org/abs/1806.05476",
-                "knockoff": "https://arxiv.org/abs/1812.02766",
-            },
-            "adaptive_sampling": False,
-        },
-        "extraction": {
-            "n_test": int(x_test.shape[0]),
-            "victim_accuracy": float((victim_pred == y_test).float().mean()),
-            "runs": rows,
-            "curves": curves,
-        },
-        "seconds": time.perf_counter() - start,
-        "files": {},
-    }
-    if out is None:
-        return results
-    out_dir = rundir.prepare(Path(out))
-    if plot:
-        from aegis.report.plots import save_budget_curve
-
-        save_budget_curve(
-            out_dir / "fidelity.png",
-            {name: [(float(b), float(f)) for b, f in pts] for name, pts in curves.items()},
-            ylabel="fidelity to the victim (%)",
-            title=f"extraction of {victim.name}: fidelity vs query budget",
-        )
-        results["files"]["fidelity_curve"] = "fidelity.png"
-    return rundir.write_results(out_dir, results)

@@ -18,19 +18,17 @@ Two attacks, both scoring each candidate example (higher = "member"):
 Scores are reported as ROC-AUC and TPR at low FPR (1% and 0.1%: the regime that matters,
 Carlini et al. 2022), computed by :mod:`aegis.metrics` with members as positives.
 
-:func:`run_membership` trains the target itself on a random ``member_fraction`` of the data
-(the rest are the non-members), once per training recipe ("variant"), to show how
-regularization changes the leakage: weight decay, fewer epochs, augmentation.
+:func:`aegis.workflows.membership.run_membership` trains the target itself on a random
+``member_fraction`` of the data (the rest are the non-members), once per training recipe
+("variant"), to show how regularization changes the leakage: weight decay, fewer epochs,
+augmentation.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -105,7 +103,7 @@ class TargetRecipe:
         return {(1, 28, 28): "mnist_cnn", (1, 8, 8): "digits_cnn"}.get(shape, "tiny_mlp")
 
     def train(self, x: Tensor, y: Tensor, *, num_classes: int, seed: int) -> Classifier:
-        from aegis.zoo.train import train_classifier
+        from aegis.training import train_classifier
 
         return train_classifier(
             x,
@@ -235,117 +233,3 @@ def attack_target(
         shadow_phi[s] = logit_confidence(_logits(model, x), y)
     scores.update(lira_scores(logit_confidence(_logits(target, x), y), shadow_phi, shadow_in))
     return scores
-
-
-def run_membership(
-    data: Any = "digits",
-    *,
-    recipe: TargetRecipe | None = None,
-    variants: Sequence[str] = ("base", "wd=5e-4", "epochs=5", "shift=1"),
-    shadows: int = 4,
-    member_fraction: float = 0.5,
-    limit: int | None = None,
-    labels: str | Path | None = None,
-    seed: int = 0,
-    out: str | Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    data_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train a target per recipe variant on a random ``member_fraction`` of ``data`` (the rest
-    are its non-members) and run the threshold and LiRA attacks on all of it.
-
-    Args:
-        data: labeled data (a built-in name takes its train split, or a file); its first
-            ``limit`` examples are the candidates.
-        recipe: the base training recipe of target and shadow models.
-        variants: ``base`` or ``KEY=VALUE[+...]`` changes of it (``epochs``, ``lr``, ``wd``,
-            ``shift``), one target each: the regularization table.
-        shadows: shadow models per variant, each trained on a random half of the candidates
-            (>= 1).
-        member_fraction: the share of candidates the target trains on, in (0, 1).
-        seed: seeds the member split, training and the shadow halves.
-        out: run directory for ``results.json``.
-        progress: called with (models trained, total).
-
-    Returns:
-        The results (also written to ``out``/results.json): a ``membership`` section with one
-        row per variant (train/test accuracy and each attack's AUC and TPR at low FPR).
-    """
-    from aegis.io import rundir
-    from aegis.io.data import BUILTINS
-    from aegis.io.inputs import as_dataset
-
-    if shadows < 1:
-        raise ConfigError(f"shadows must be >= 1 shadow model, got {shadows}")
-    if limit is not None and limit < 4:
-        raise ConfigError(f"limit must be >= 4 examples, got {limit}")
-    if not variants:
-        raise ConfigError("give at least one variant, e.g. --variants base,wd=5e-4")
-    base = recipe or TargetRecipe()
-    recipes = [base.variant(v) for v in variants]
-    options = dict(data_options or {})
-    if isinstance(data, str) and data in BUILTINS:
-        options.setdefault("split", "train")
-    dataset = as_dataset(data, labels, options)
-    if limit is not None:
-        dataset = dataset.subset(limit)
-    x, y_opt = dataset.tensors()
-    if y_opt is None:
-        raise DataError("membership inference needs labeled data; pass --labels FILE.npy")
-    y = y_opt
-    n = int(x.shape[0])
-    k = dataset.num_classes or int(y.max()) + 1
-    shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
-    members = split_members(n, member_fraction, seed)
-    mi = torch.from_numpy(np.flatnonzero(members))
-    ni = torch.from_numpy(np.flatnonzero(~members))
-    total = len(recipes) * (1 + shadows)
-    done = 0
-    rows: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    for r in recipes:
-        t0 = time.perf_counter()
-        target = r.train(x[mi], y[mi], num_classes=k, seed=seed)
-        done += 1
-        if progress is not None:
-            progress(done, total)
-        scores = attack_target(target, x, y, r, shadows=shadows, seed=seed, num_classes=k)
-        done += shadows
-        if progress is not None:
-            progress(done, total)
-        pred = target.predict(x)
-        rows.append(
-            {
-                "variant": r.name,
-                "recipe": {**asdict(r), "arch": r.arch_for(shape)},
-                "train_accuracy": float((pred[mi] == y[mi]).float().mean()),
-                "test_accuracy": float((pred[ni] == y[ni]).float().mean()),
-                "attacks": {
-                    name: membership_metrics(s[members], s[~members]) for name, s in scores.items()
-                },
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-        log.info("%s: %s", r.name, {a: v["roc_auc"] for a, v in rows[-1]["attacks"].items()})
-    results: dict[str, Any] = {
-        **rundir.header(seed, "membership"),
-        "data": dataset.to_dict(),
-        "config": {
-            "members": int(members.sum()),
-            "non_members": int((~members).sum()),
-            "member_fraction": member_fraction,
-            "shadows": shadows,
-            "shadow_data": "random halves of the candidates (members and non-members)",
-            "lira": "online and offline, global variance, no augmentation",
-            "attacks": list(ATTACKS),
-            "fprs": list(FPRS),
-            "papers": {
-                "threshold": "https://arxiv.org/abs/1709.01604",
-                "lira": "https://arxiv.org/abs/2112.03570",
-            },
-        },
-        "membership": {"variants": rows},
-        "seconds": time.perf_counter() - start,
-        "files": {},
-    }
-    return results if out is None else rundir.write_results(out, results)

@@ -1,10 +1,12 @@
 """Poisoning: attacks on a training set (label flipping, BadNets, blended and label-consistent
-backdoors), detection of the poisoned points (activation clustering, spectral signatures), and
-``run_poisoning``, the Python call behind ``aegis poison``.
+backdoors), detection of the poisoned points (activation clustering, spectral signatures), and the
+measures of a trained model. ``run_poisoning``, the Python call behind ``aegis poison``, is in
+:mod:`aegis.workflows.poison`.
 
 The names load on first use, so ``aegis --help`` does not import torch for this package.
 
-    >>> from aegis.poisoning import BadNets, Trigger, run_poisoning
+    >>> from aegis.poisoning import BadNets, Trigger
+    >>> from aegis.workflows.poison import run_poisoning
     >>> results = run_poisoning("digits", attack="badnets", rate=0.1, target=0, epochs=5)
 """
 
@@ -31,13 +33,13 @@ if TYPE_CHECKING:
         PoisonFlags,
         SpectralSignatures,
     )
-    from aegis.poisoning.run import create_attack, create_detector, evaluate_model, run_poisoning
+    from aegis.poisoning.run import create_attack, create_detector, evaluate_model
 
 _ATTACKS: tuple[str, ...] = ("ATTACKS", "BadNets", "Blend", "LabelConsistent", "LabelFlip")
 _ATTACKS += ("PoisonedSet", "PoisoningAttack", "Trigger", "load_pattern")
 _DETECTION: tuple[str, ...] = ("DETECTORS", "ActivationClustering", "PoisonDetector")
 _DETECTION += ("PoisonFlags", "SpectralSignatures")
-_RUN = ("create_attack", "create_detector", "evaluate_model", "run_poisoning")
+_RUN = ("create_attack", "create_detector", "evaluate_model")
 _LAZY = {
     **{n: "aegis.poisoning.attacks" for n in _ATTACKS},
     **{n: "aegis.poisoning.detection" for n in _DETECTION},
@@ -62,7 +64,6 @@ __all__ = [
     "create_detector",
     "evaluate_model",
     "load_pattern",
-    "run_poisoning",
 ]
 
 

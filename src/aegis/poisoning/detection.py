@@ -144,7 +144,7 @@ class ActivationClustering(PoisonDetector):
       (0.30–0.42 vs 0.30–0.36), so no threshold separates them there.
     - ``exclusion`` (default): the paper's exclusionary reclassification. The far cluster of
       every class is left out at once and a model of the same architecture is retrained, with
-      :func:`aegis.zoo.train.train_classifier`, on the rest; a cluster is poison when less than
+      :func:`aegis.training.train_classifier`, on the rest; a cluster is poison when less than
       ``min_own`` of its points are then classified as their own label (poison goes back to
       its source classes; a clean cluster is still recognised from the other half of its
       class). The paper retrains once per suspect cluster; retraining once for all classes is
@@ -293,7 +293,7 @@ class ActivationClustering(PoisonDetector):
         classes: list[dict[str, Any]],
     ) -> None:
         """Retrain without every suspect cluster; flag those mostly classified elsewhere."""
-        from aegis.zoo.train import train_classifier
+        from aegis.training import train_classifier
 
         keep = np.ones(x.shape[0], bool)
         for idx in suspects.values():

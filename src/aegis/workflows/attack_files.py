@@ -15,8 +15,8 @@ from aegis.records import Records
 from aegis.workflows.rundir_writer import finish_run
 
 if TYPE_CHECKING:
-    from aegis.api import AttackPlan
     from aegis.io.data import Dataset
+    from aegis.workflows.attack import AttackPlan
 
 
 def gallery(clf: Classifier, x: np.ndarray, x_adv: np.ndarray, rec: Records) -> dict[str, Any]:

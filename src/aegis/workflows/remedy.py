@@ -31,8 +31,8 @@ from aegis.remedies import EOT_DRAWS, EOTClassifier, bpda_view, log_probabilitie
 from aegis.threat import ThreatModel
 
 if TYPE_CHECKING:
-    from aegis.api import AttackPlan
     from aegis.io.data import Dataset
+    from aegis.workflows.attack import AttackPlan
 
 LABEL_ONLY_QUERIES = 1000
 """HopSkipJump's query budget per point when it joins a suite as the label-only remedy."""

@@ -1,4 +1,5 @@
-"""Small reference architectures and a seeded trainer for the built-in datasets."""
+"""Small reference architectures, their typed training recipes and the reference trainer of
+the built-in datasets (the loop itself is :mod:`aegis.training`)."""
 
 from aegis.zoo.architectures import (
     ARCHITECTURES,
@@ -12,13 +13,16 @@ from aegis.zoo.architectures import (
     register_architecture,
     tiny_mlp,
 )
-from aegis.zoo.train import RECIPES, TrainResult, load_reference, train_reference
+from aegis.zoo.files import TrainResult, load_reference
+from aegis.zoo.recipes import RECIPES, Recipe
+from aegis.zoo.train import train_reference
 
 __all__ = [
     "ARCHITECTURES",
     "DATASET_ARCH",
     "ENTRY_POINT_GROUP",
     "RECIPES",
+    "Recipe",
     "TrainResult",
     "create",
     "digits_cnn",

@@ -1,6 +1,7 @@
-"""Run an audit: every evaluation for every model, into one run directory, judged by thresholds.
+"""The audit workflow: every evaluation for every model, into one run directory, judged by
+thresholds.
 
-Each evaluation runs through its existing entry point (``run_attack``, ``compare_defenses``,
+Each evaluation runs through its own workflow (``run_attack``, ``compare_defenses``,
 ``run_detect``, ``run_certify``, ``run_poisoning``, ``run_extraction``, ``run_membership``) into
 ``out/<index>-<type>-<model stem>/`` (``out/<index>-<type>/`` for ``poison`` and ``membership``,
 which train their own models), with its own ``results.json`` and ``report.html``. Then
@@ -36,7 +37,7 @@ from aegis.audit.config import (
 )
 from aegis.errors import AegisError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aegis.audit.run")  # the name its log lines always carried
 
 Figures = dict[str, float | None]
 
@@ -63,7 +64,7 @@ def _extreme(values: list[Any], pick: Any) -> float | None:
 
 
 def _attack(ev: AttackEval, model: str, cfg: AuditConfig, out: Path, resume: bool) -> None:
-    from aegis.api import run_attack
+    from aegis.workflows.attack import run_attack
 
     run_attack(
         model,
@@ -94,7 +95,7 @@ def _attack_figures(ev: AttackEval, res: dict[str, Any]) -> Figures:
 
 
 def _defend(ev: DefendEval, model: str, cfg: AuditConfig, out: Path, resume: bool) -> None:
-    from aegis.defenses.compare import compare_defenses
+    from aegis.workflows.defend import compare_defenses
 
     compare_defenses(
         model,
@@ -124,7 +125,7 @@ def _defend_figures(ev: DefendEval, res: dict[str, Any]) -> Figures:
 
 
 def _detect(ev: DetectEval, model: str, cfg: AuditConfig, out: Path, resume: bool) -> None:
-    from aegis.defenses.detection import run_detect
+    from aegis.workflows.detect import run_detect
 
     run_detect(
         model,
@@ -154,7 +155,8 @@ def _detect_figures(ev: DetectEval, res: dict[str, Any]) -> Figures:
 
 
 def _certify(ev: CertifyEval, model: str, cfg: AuditConfig, out: Path, resume: bool) -> None:
-    from aegis.defenses.certification import Smoothing, run_certify
+    from aegis.defenses.certification import Smoothing
+    from aegis.workflows.certify import run_certify
 
     run_certify(
         model,
@@ -184,7 +186,7 @@ def _certify_figures(ev: CertifyEval, res: dict[str, Any]) -> Figures:
 
 
 def _poison(ev: PoisonEval, cfg: AuditConfig, out: Path) -> None:
-    from aegis.poisoning import run_poisoning
+    from aegis.workflows.poison import run_poisoning
 
     run_poisoning(
         cfg.data,
@@ -212,7 +214,7 @@ def _poison_figures(ev: PoisonEval, res: dict[str, Any]) -> Figures:
 
 
 def _extract(ev: ExtractEval, model: str, cfg: AuditConfig, out: Path, resume: bool) -> None:
-    from aegis.leakage import run_extraction
+    from aegis.workflows.extract import run_extraction
 
     run_extraction(
         model,
@@ -240,7 +242,7 @@ def _extract_figures(ev: ExtractEval, res: dict[str, Any]) -> Figures:
 
 
 def _membership(ev: MembershipEval, cfg: AuditConfig, out: Path) -> None:
-    from aegis.leakage import run_membership
+    from aegis.workflows.membership import run_membership
 
     run_membership(
         cfg.data,
@@ -353,7 +355,7 @@ def _digest(path: str | None, cache: dict[str, str | None]) -> str | None:
 def _key(ev: Any, model: str | None, cfg: AuditConfig, cache: dict[str, str | None]) -> str:
     """What makes an evaluation's results: aegis' version, the evaluation's settings, the
     model, data and labels (by content where they are files), the limit and the seed."""
-    from aegis import __version__
+    from aegis._version import __version__
 
     spec = {
         "aegis": __version__,
@@ -423,11 +425,11 @@ def run_audit(
     directory is complete, for the same aegis version, settings, model, data, limit and seed
     (``OUT/resume.json`` keeps each one's key), is read back instead of run again, and an
     interrupted attack evaluation resumes from its finished batches
-    (``OUT/<evaluation>/progress/``, see :func:`aegis.api.run_attack`). The results equal
-    those of an uninterrupted audit, timings and timestamps aside; ``results["reused"]`` (not
-    stored) names the evaluations read back. ``out`` is claimed first (see
-    :mod:`aegis.io.claim`): a directory holding an earlier audit is refused unless ``resume``
-    continues it or ``overwrite`` removes its files.
+    (``OUT/<evaluation>/progress/``, see :func:`aegis.workflows.attack.run_attack`). The
+    results equal those of an uninterrupted audit, timings and timestamps aside;
+    ``results["reused"]`` (not stored) names the evaluations read back. ``out`` is claimed
+    first (see :mod:`aegis.io.claim`): a directory holding an earlier audit is refused unless
+    ``resume`` continues it or ``overwrite`` removes its files.
     """
     from aegis.io.claim import claimed
 

@@ -1,4 +1,5 @@
-"""One table for a base model and its defended versions: what each defense buys and costs.
+"""The defend workflow (``aegis defend``): one table for a base model and its defended
+versions, what each defense buys and costs.
 
 ``compare_defenses(base, data, models=[...], preprocess=[...])`` evaluates, on the same points,
 with the same attack (default: the ``standard`` suite) and seed:
@@ -12,17 +13,17 @@ with the same attack (default: the ``standard`` suite) and seed:
 - the base model with each detector of adversarial inputs (``detectors``), fitted on clean
   data: its ROC-AUC against the attack and the robust accuracy of classifier + detector, the
   worst case per input of the attack and the detector-aware adaptive attack
-  (:func:`aegis.defenses.detection.run_detect`);
+  (:func:`aegis.workflows.detect.run_detect`);
 - each model behind randomized smoothing (``smoothed``, e.g. one written by ``aegis certify
   --train``): its certified L2 accuracy at ``certify_radii`` (Cohen et al.; a guarantee, not
   an attack's upper bound) and its clean accuracy as a smoothed classifier
-  (:func:`aegis.defenses.certification.run_certify`).
+  (:func:`aegis.workflows.certify.run_certify`).
 
-Every attacked row comes from :func:`aegis.api.run_attack`, so each is an ordinary evaluation
-with its sanity checks; a row whose checks raised a warning sign is marked suspicious. Rows
-report clean accuracy, clean macro precision/recall/F1, accuracy under attack (an upper bound
-on robust accuracy), detection AUC, certified accuracy, training time and seconds; a column
-that does not apply to a row is ``None``.
+Every attacked row comes from :func:`aegis.workflows.attack.run_attack`, so each is an
+ordinary evaluation with its sanity checks; a row whose checks raised a warning sign is marked
+suspicious. Rows report clean accuracy, clean macro precision/recall/F1, accuracy under attack
+(an upper bound on robust accuracy), detection AUC, certified accuracy, training time and
+seconds; a column that does not apply to a row is ``None``.
 
     >>> table = compare_defenses("models/mnist_cnn.safetensors", "mnist",
     ...     models=["models/mnist_cnn_trades.safetensors"], preprocess=["jpeg:quality=75"],
@@ -38,11 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from aegis.api import AttackRun, run_attack
 from aegis.errors import ConfigError
 from aegis.io import rundir
 from aegis.io.sidecar import read_sidecar
 from aegis.metrics import precision_recall_f1
+from aegis.workflows.attack import AttackRun, run_attack
+from aegis.workflows.rundir_writer import write_results
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,7 @@ def compare_defenses(
         },
         "rows": rows,
     }
-    return results if out is None else rundir.write_results(out, results)
+    return results if out is None else write_results(out, results)
 
 
 def _detector_row(
@@ -169,7 +171,7 @@ def _detector_row(
 ) -> dict[str, Any]:
     """The base model with a detector: clean figures of the combined system, its ROC-AUC
     against the attack, and the worst case of the attack and the adaptive attack."""
-    from aegis.defenses.detection import run_detect
+    from aegis.workflows.detect import run_detect
 
     det = run_detect(
         base,
@@ -208,7 +210,8 @@ def _smoothed_row(
     common: dict[str, Any],
 ) -> dict[str, Any]:
     """A model behind randomized smoothing: certified accuracy at each radius."""
-    from aegis.defenses.certification import Smoothing, run_certify
+    from aegis.defenses.certification import Smoothing
+    from aegis.workflows.certify import run_certify
 
     smoothing = Smoothing(sigma=sigma, n=samples, n0=min(100, samples))
     cert = run_certify(
