@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aegis.attacks._params import resolve_step
 from aegis.attacks.base import Attack, margin
 from aegis.defenses.preprocessing import BitDepth, Median, Preprocessor, bpda
 from aegis.engine import evaluate
@@ -104,7 +105,7 @@ class Detector(ABC):
         """Fit on clean inputs (labels default to the model's predictions)."""
 
 
-def _require_module(model: Classifier) -> nn.Module:
+def require_module(model: Classifier) -> nn.Module:
     if not isinstance(model.module, nn.Module):
         raise CapabilityError(
             f"{model.name} is not a torch module: the detector needs its features or gradients"
@@ -151,7 +152,7 @@ class Mahalanobis(Detector):
     def fit(
         self, model: Classifier, x_clean: Tensor | np.ndarray, y_clean: Tensor | None = None
     ) -> FittedMahalanobis:
-        module = _require_module(model)
+        module = require_module(model)
         xt = _as_input(model, x_clean, "Mahalanobis.fit")
         named = dict(module.named_modules())
         if self.layers:
@@ -176,7 +177,7 @@ class Mahalanobis(Detector):
         for i in range(0, xt.shape[0], model.batch_size):
             xb = xt[i : i + model.batch_size].to(model.device)
             with torch.no_grad():
-                for store, f in zip(feats, _features(model, taps, xb)[1], strict=True):
+                for store, f in zip(feats, features(model, taps, xb)[1], strict=True):
                     store.append(f.double().cpu())
         means, precisions = [], []
         labels = labels.cpu()
@@ -202,7 +203,7 @@ class Mahalanobis(Detector):
         return fitted
 
 
-def _features(
+def features(
     model: Classifier, taps: list[tuple[nn.Module, bool]], x: Tensor
 ) -> tuple[Tensor, list[Tensor]]:
     """Logits and the features at ``taps`` (module, take its input) for ``x``, keeping the
@@ -280,7 +281,7 @@ class FittedMahalanobis(FittedDetector):
         return torch.stack(cols, 1)
 
     def _raw(self, x: Tensor) -> Tensor:
-        return self._distances(_features(self.model, self.taps, x)[1])
+        return self._distances(features(self.model, self.taps, x)[1])
 
     def _combine(self, raw: Tensor) -> Tensor:
         centre, scale = self.centre.to(raw.device), self.scale.to(raw.device)
@@ -294,7 +295,7 @@ class FittedMahalanobis(FittedDetector):
                 (g,) = torch.autograd.grad(d, xg)
             lo, hi = self.model.bounds
             x = (x - self.config.noise * g.sign()).clamp(lo, hi)
-        logits, feats = _features(self.model, self.taps, x)
+        logits, feats = features(self.model, self.taps, x)
         return logits, self._combine(self._distances(feats))
 
 
@@ -346,7 +347,7 @@ class FeatureSqueezing(Detector):
     def fit(
         self, model: Classifier, x_clean: Tensor | np.ndarray, y_clean: Tensor | None = None
     ) -> FittedSqueezing:
-        _require_module(model)
+        require_module(model)
         _as_input(model, x_clean, "FeatureSqueezing.fit")
         return FittedSqueezing(model, self.chain(model.bounds))
 
@@ -422,7 +423,7 @@ class DetectorAwarePGD(Attack):
     ) -> Tensor:
         if self.detector.model is not model:
             raise ConfigError("the detector was fitted for another model")
-        step = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
+        step = resolve_step(self.step_size, threat.eps, self.steps)
         if not np.isfinite(step):
             raise ConfigError("an unbounded threat needs an explicit step_size")
         out = x.clone()

@@ -38,14 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aegis.attacks._params import resolve_step
 from aegis.attacks.pgd import PGD
 from aegis.errors import ConfigError
 from aegis.model import Classifier
 from aegis.registry import Registry
 from aegis.threat import ThreatModel
-
-STEP_FACTOR = 2.5
-"""Default step size of the iterative crafting attacks: 2.5 · ε / steps (as PGD's default)."""
 
 TRADES_START_STD = 0.001
 """TRADES starts its KL attack at x + 0.001·N(0, 1): the KL term has zero gradient at x' = x."""
@@ -55,10 +53,6 @@ def kl_rows(log_p: Tensor, logits_q: Tensor) -> Tensor:
     """Per-sample KL(p ‖ q) with p given by its log-probabilities and q by logits (shape (n,))."""
     log_q = F.log_softmax(logits_q, dim=1)
     return (log_p.exp() * (log_p - log_q)).sum(1)
-
-
-def resolve_step(step_size: float | None, eps: float, steps: int) -> float:
-    return step_size if step_size is not None else STEP_FACTOR * eps / steps
 
 
 @dataclass(frozen=True, kw_only=True)

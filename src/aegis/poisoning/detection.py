@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aegis.defenses.detection import _features, _require_module
+from aegis.defenses.detection import features, require_module
 from aegis.errors import CapabilityError, ConfigError, DataError
 from aegis.model import Classifier
 from aegis.registry import Registry
@@ -77,7 +77,7 @@ class PoisonFlags:
 def penultimate(model: Classifier, x: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and penultimate-layer representations (the input of the last
     ``nn.Linear``) of ``x``, as numpy arrays (n,) and (n, d)."""
-    module = _require_module(model)
+    module = require_module(model)
     linear = [m for m in module.modules() if isinstance(m, nn.Linear)]
     if not linear:
         raise CapabilityError(f"{model.name} has no nn.Linear layer to read representations")
@@ -86,7 +86,7 @@ def penultimate(model: Classifier, x: Tensor) -> tuple[np.ndarray, np.ndarray]:
     step = max(model.batch_size, 1024)  # no gradients: large batches are cheap
     with torch.no_grad():
         for i in range(0, x.shape[0], step):
-            logits, (f,) = _features(model, taps, x[i : i + step].to(model.device))
+            logits, (f,) = features(model, taps, x[i : i + step].to(model.device))
             preds.append(logits.argmax(1).cpu())
             feats.append(f.float().cpu())
     return torch.cat(preds).numpy(), torch.cat(feats).numpy()
