@@ -284,6 +284,30 @@ def attack(
             "(0-255 pixels, mapped onto the bounds) or none (kept; must fit the bounds)."
         ),
     ] = "auto",
+    resize: Annotated[
+        int | None,
+        typer.Option(
+            "--resize",
+            help="Image folders: scale each image's shorter side to this many pixels (aspect "
+            "kept, Pillow bilinear, antialiased), e.g. 256.",
+        ),
+    ] = None,
+    center_crop: Annotated[
+        int | None,
+        typer.Option(
+            "--center-crop",
+            help="Image folders: keep the central SIZE x SIZE pixels after --resize, e.g. 224 "
+            "(--resize 256 --center-crop 224 is ImageNet evaluation style).",
+        ),
+    ] = None,
+    class_index: Annotated[
+        Path | None,
+        typer.Option(
+            "--class-index",
+            help='Image folders: JSON ({name: index} or {"0": [name, label]}) or CSV '
+            "(name,index) mapping sub-folder names to class indices (default: sorted names).",
+        ),
+    ] = None,
     device: Device = None,
     preprocess: Annotated[
         list[str] | None,
@@ -347,6 +371,13 @@ def attack(
         data_options: dict[str, Any] = {"scale": scale}
         if data_layout is not None:
             data_options["layout"] = data_layout
+        for key, value in (
+            ("resize", resize),
+            ("center_crop", center_crop),
+            ("class_index", class_index),
+        ):
+            if value is not None:
+                data_options[key] = value
         _check_run(gate, success_threshold, resume, out, overwrite, limit)
         hyper = {
             "steps": steps,

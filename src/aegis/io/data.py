@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -30,13 +30,13 @@ from torch import Tensor
 from aegis.errors import ConfigError, DataError
 from aegis.io.arrays import Loaded, read_npy, read_npz
 from aegis.io.convert import check_finite, check_input_shape, labels_from, scale_values, to_nchw
+from aegis.io.images import check_transform, read_folder
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test", "all")
 SCALES = ("auto", "none", "255")
 DATA_LAYOUTS = ("NCHW", "NHWC", "flat")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SPLIT_SEED = 0
 
 
@@ -237,6 +237,9 @@ def load_dataset(
     scale: str = "auto",
     limit: int | None = None,
     bounds: tuple[float, float] = (0.0, 1.0),
+    resize: int | None = None,
+    center_crop: int | None = None,
+    class_index: str | Path | None = None,
 ) -> Dataset:
     """Load a built-in dataset by name, or a ``.npy`` / ``.npz`` file or an image folder.
 
@@ -253,8 +256,17 @@ def load_dataset(
         limit: keep only the first ``limit`` samples (only those are read from a file).
         bounds: the model's input box the data is brought to (uint8 data with bounds
             (0, 255) stays 0–255); ``provenance`` records the original range and the scaling.
+        resize: image folders: scale each image's shorter side to ``resize`` pixels (aspect
+            kept, Pillow bilinear, antialiased); images may then differ in size before a crop.
+        center_crop: image folders: keep the central ``center_crop`` x ``center_crop`` pixels
+            (after ``resize``); ``resize=256, center_crop=224`` is ImageNet evaluation style.
+        class_index: image folders: a JSON (``{name: index}`` or ``{"0": [name, label]}``) or
+            CSV (``name,index``) file mapping sub-folder names to class indices, instead of
+            their sorted order.
     """
     _check_options(layout=layout, input_shape=input_shape, split=split, scale=scale, limit=limit)
+    folder: dict[str, Any] = dict(resize=resize, center_crop=center_crop, class_index=class_index)
+    check_transform(resize, center_crop)
     builtin = BUILTINS.get(spec.lower())  # a bare name; "./mnist" is a path
     if not spec.strip():
         raise DataError(
@@ -268,16 +280,21 @@ def load_dataset(
     if builtin is not None:
         if labels is not None:
             raise ConfigError(f"built-in dataset {builtin.name} has its own labels; drop --labels")
+        _refuse_folder_options(folder, "built-in datasets")
         ds = _load_builtin(
             builtin, split=split, scale=scale, input_shape=input_shape, bounds=bounds
         )
     elif is_dir:
         if labels is not None:
             raise ConfigError(
-                "an image folder takes its labels from its sub-folder names; drop --labels"
+                "an image folder takes its labels from its sub-folder names (or --class-index "
+                "FILE); drop --labels"
             )
-        ds = _load_folder(path, scale=scale, input_shape=input_shape, limit=limit, bounds=bounds)
+        ds = _load_folder(
+            path, scale=scale, input_shape=input_shape, limit=limit, bounds=bounds, folder=folder
+        )
     elif is_file:
+        _refuse_folder_options(folder, "array files")
         ds = _load_array_file(
             path,
             labels=labels,
@@ -310,6 +327,13 @@ def load_dataset(
     ds.provenance["n"] = len(ds)
     log.info("loaded dataset %s: %d samples of shape %s", ds.name, len(ds), ds.input_shape)
     return ds
+
+
+def _refuse_folder_options(folder: dict[str, Any], what: str) -> None:
+    for key, value in folder.items():
+        if value is not None:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} applies to image folders, not {what}; drop {flag}")
 
 
 def _check_options(
@@ -457,72 +481,18 @@ def _load_folder(
     input_shape: tuple[int, int, int] | None,
     limit: int | None,
     bounds: tuple[float, float],
+    folder: dict[str, Any],
 ) -> Dataset:
-    """Images in class sub-folders (sorted names); only the first ``limit`` are read."""
-    from PIL import Image, UnidentifiedImageError
-
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(
-            f"image folder {path} has no class sub-folders; put each class's images in its own "
-            "sub-folder (class index = sorted folder names)"
-        )
-    files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        found = sorted(
-            p
-            for p in (path / name).iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        )
-        if not found:
-            log.warning("class folder %s has no PNG/JPEG/BMP images", path / name)
-        files.extend((p, label) for p in found)
-    if not files:
-        raise DataError(
-            f"image folder {path} has no PNG/JPEG/BMP images in its class sub-folders; add images"
-        )
-    files = files[:limit]
-    images = []
-    modes: set[str] = set()
-    size: tuple[int, int] | None = None
-    for p, _ in files:
-        try:
-            with Image.open(p) as im:
-                im.load()
-                if size is None:
-                    size = im.size
-                elif im.size != size:
-                    raise DataError(
-                        f"{p} is {im.size[0]}x{im.size[1]} but the first image is "
-                        f"{size[0]}x{size[1]}; resize all images to one size"
-                    )
-                modes.add(im.mode)
-                images.append(im.copy())
-        except DataError:
-            raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {p} ({exc}); fix or remove the file") from exc
-    gray = modes <= {"L", "1"}
-    target = "L" if gray else "RGB"
-    arr = np.stack([np.asarray(im.convert(target), dtype=np.uint8) for im in images])
-    x = arr[:, None, :, :] if gray else arr.transpose(0, 3, 1, 2)
-    out, scaling, divisor = scale_values(x, scale, str(path), bounds)
+    """Images in class sub-folders, read by :func:`aegis.io.images.read_folder`: only the first
+    ``limit`` files are opened, one at a time; ``folder`` holds its resize / crop / class-index
+    options."""
+    images = read_folder(path, limit=limit, **folder)
+    out, scaling, divisor = scale_values(images.x, scale, str(path), bounds)
     check_input_shape(out, input_shape, "image folder")
-    y = np.array([label for _, label in files], dtype=np.int64)
-    prov: dict[str, object] = {
-        "source": str(path),
-        "format": "image-folder",
-        "original_dtype": "uint8",
-        "original_shape": list(arr.shape),
-        "original_range": _value_range(arr),
-        "image_modes": sorted(modes),
-        "channels": "1 (all images grayscale)" if gray else "3 (converted to RGB)",
-        "layout": "HWC images",
-        "layout_decided_by": "image files are HWC; transposed to NCHW",
-        "scaling": scaling,
-        "scale_divisor": divisor,
-        "split": "whole folder",
-        "class_names": classes,
-        "labels": {"source": str(path), "how": "sorted sub-folder names"},
-    }
-    return Dataset(x=out, y=y, name=path.name, num_classes=len(classes), provenance=prov)
+    prov = dict(images.provenance)
+    prov["original_range"] = _value_range(images.x)
+    prov["scaling"] = scaling
+    prov["scale_divisor"] = divisor
+    return Dataset(
+        x=out, y=images.y, name=path.name, num_classes=images.num_classes, provenance=prov
+    )

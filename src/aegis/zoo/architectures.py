@@ -123,6 +123,10 @@ ARCHITECTURES = Registry[Factory](
 ARCHITECTURES.register("mnist_cnn", mnist_cnn)
 ARCHITECTURES.register("digits_cnn", digits_cnn)
 ARCHITECTURES.register("tiny_mlp", tiny_mlp)
+# The real-scale architectures of public checkpoints (preact_resnet18, resnet18_cifar, wrn_28_10,
+# wrn_34_10, resnet50) register themselves from aegis.zoo.cifar and aegis.zoo.imagenet, which
+# the package aegis.zoo imports before this module can be used (they sit higher in DESIGN.md's
+# layers, so this module cannot import them).
 
 DATASET_ARCH: dict[str, str] = {"mnist": "mnist_cnn", "digits": "digits_cnn"}
 """The reference architecture of each built-in dataset."""
