@@ -303,3 +303,14 @@ def test_lock_is_released_when_a_run_fails(tmp_path: Path) -> None:
         run_attack("missing.pt", (np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int)), out=out)
     assert not out.exists()  # created for the run, left empty: removed again
     assert os.listdir(tmp_path) == []
+
+
+def test_device_auto_is_the_cpu_without_a_gpu(cli, tiny_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from aegis.cli.options import _device
+
+    expected = "cuda" if torch.cuda.is_available() else None
+    assert _device("auto") == _device(None) == expected
+    code, _, err = cli(*attack_argv(tiny_files, tmp_path / "run", "--device", "auto"))
+    assert code == EXIT_OK, err
+    device = json.loads((tmp_path / "run" / "results.json").read_text())["model"]["device"]
+    assert device == ("cuda:0" if expected else "cpu")

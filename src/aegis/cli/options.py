@@ -46,9 +46,12 @@ def _seed(value: int) -> int:
 
 
 def _device(value: str | None) -> str | None:
-    if value is None:
-        return None
+    """The device a command runs on: ``auto`` (and no value) is the GPU when torch sees one,
+    else None (the CPU, where a module's parameters are)."""
     import torch
+
+    if value is None or value.strip().lower() == "auto":
+        return "cuda" if torch.cuda.is_available() else None
 
     try:
         device = torch.device(value)
@@ -82,7 +85,9 @@ Device = Annotated[
     str | None,
     typer.Option(
         callback=_device,
-        help="Torch device: cpu, cuda, cuda:N or mps (checked before anything runs).",
+        help="Torch device: auto (the default: a CUDA GPU when torch sees one, else the CPU), "
+        "cpu, cuda, cuda:N or mps (checked before anything runs). The model is moved once; "
+        "records match the CPU's within float tolerance.",
     ),
 ]
 Overwrite = Annotated[
