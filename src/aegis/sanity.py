@@ -82,6 +82,12 @@ def _probabilities(z: Tensor) -> Flag:
     )
 
 
+def varies(model: Classifier, x: Tensor) -> bool:
+    """Whether two passes over the same inputs differ: the ``randomized`` check's test."""
+    x = x.to(model.device, torch.float32)
+    return _randomized(model.logits(x), model.logits(x)).flagged
+
+
 def _randomized(a: Tensor, b: Tensor, eot_samples: int = 1) -> Flag:
     scale = a.norm(dim=1, keepdim=True).clamp_min(1e-10)
     diff = ((a - b) / scale).norm(dim=1).max().item() if a.numel() else 0.0
@@ -235,4 +241,5 @@ __all__ = [
     "probe_model",
     "raised",
     "summary_line",
+    "varies",
 ]

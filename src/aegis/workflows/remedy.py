@@ -74,7 +74,7 @@ def plan_remedy(
                 "added as a final member: it does not care about saturation"
             )
     # a saturated softmax can hide randomness (both draws give 1.0): look again on the view
-    revealed = model is not clf and "randomized" not in raised and _random(model, x)
+    revealed = model is not clf and "randomized" not in raised and sanity.varies(model, x[:16])
     if ("randomized" in raised or revealed) and clf.eot_samples == 1 and model.differentiable:
         model = EOTClassifier(model, EOT_DRAWS)
         if "randomized" in raised:
@@ -85,13 +85,6 @@ def plan_remedy(
     if not fixed:
         return None
     return Remedy(fixed, model, attacks, notes)
-
-
-def _random(model: Classifier, x: torch.Tensor) -> bool:
-    """Whether two passes over the same inputs differ (the randomized probe's test)."""
-    with torch.no_grad():
-        a, b = model.logits(x[:16]), model.logits(x[:16])
-    return not torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def run_remedies(
