@@ -15,6 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "aegis"
 LAYERS: dict[str, int] = {
     # the core, lowest first
     "errors": 0, "_version": 0, "atomic": 0, "params": 0, "_alloc": 0, "progress": 0,
+    "_fast_paths": 0,
     "model": 1, "threat": 1, "records": 1, "metrics": 1, "registry": 1,
     "normalization": 2, "remedies": 2, "zoo.architectures": 2,
     "attacks": 3, "executors": 3, "engine": 3, "sanity": 3,

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from torch.jit._trace import TracerWarning
 
+from aegis._fast_paths import close_enough, frozen_copy, logits_and_grad
 from aegis.errors import AegisWarning, CapabilityError, ConfigError, DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -346,7 +346,7 @@ class Classifier:
         if self._try_frozen and self.module is not None:
             self._try_frozen = False
             z = self._module_input(x.float()).contiguous()
-            self._frozen = _frozen_copy(self.module, z, self.name)
+            self._frozen = frozen_copy(self.module, z, self.name)
         return self._frozen is not None
 
     def choose_layout(self) -> None:
@@ -370,12 +370,13 @@ class Classifier:
             for n in (3, 4)
         ]
         try:
-            want = [_logits_and_grad(module, z) for z in probes]
+            want = [logits_and_grad(module, z) for z in probes]
             module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             cl = torch.channels_last
-            got = [_logits_and_grad(module, z.contiguous(memory_format=cl)) for z in probes]
+            got = [logits_and_grad(module, z.contiguous(memory_format=cl)) for z in probes]
             same = all(
-                _close(a, b) and _close(c, d) for (a, c), (b, d) in zip(want, got, strict=True)
+                close_enough(a, b) and close_enough(c, d)
+                for (a, c), (b, d) in zip(want, got, strict=True)
             )
         except Exception as exc:  # any failure means: keep the module as it was
             log.debug("%s: channels-last refused (%s: %s)", self.name, type(exc).__name__, exc)
@@ -480,6 +481,37 @@ class Classifier:
     own_info: ModelInfo | None = None
     """The model's own metadata, where this Classifier sees it on [0, 1] (``in_unit_box``)."""
 
+    def derive(
+        self,
+        module: Callable[[Tensor], Tensor] | None,
+        query_fn: Callable[[np.ndarray], np.ndarray] | None,
+        *,
+        info: ModelInfo | None = None,
+        notes: dict[str, str] | None = None,
+        freeze: bool = False,
+        fast: bool = False,
+    ) -> Classifier:
+        """Another view of this model: ``module``/``query_fn`` and ``info`` (default: this
+        one's) as given, ``notes`` added to the provenance. It runs where this one runs, with
+        its batch size, name and source, and keeps ``units``/``own_info``. ``freeze``: put the
+        module in eval mode again; ``fast``: let it try the frozen and channels-last paths as
+        this one does."""
+        out = Classifier(
+            module,
+            info or self.info,
+            query_fn=query_fn,
+            device=self.device,
+            batch_size=self.batch_size,
+            name=self.name,
+            source=self.source,
+            provenance={**self.provenance, **(notes or {})},
+            freeze=freeze,
+            frozen_inference=fast and self._try_frozen,
+            fast_layout=fast and self._try_layout,
+        )
+        out.units, out.own_info = self.units, self.own_info
+        return out
+
     def in_unit_box(self) -> Classifier:
         """This model seen on [0, 1]: input ``u`` is the model's ``low + u·(high − low)``, so
         every budget, step size and norm is a fraction of the bounds' width (RobustBench's
@@ -502,17 +534,8 @@ class Classifier:
             f"(input = {lo:g} + {width:g}·u for u in [0, 1]); eps, step sizes and norms are "
             f"fractions of {width:g}"
         )
-        unit = Classifier(
-            self.module,
-            info,
-            query_fn=self.query_fn,
-            device=self.device,
-            batch_size=self.batch_size,
-            name=self.name,
-            source=self.source,
-            provenance={**self.provenance, "units": note},
-            frozen_inference=self._try_frozen,
-            fast_layout=self._try_layout,
+        unit = self.derive(
+            self.module, self.query_fn, info=info, notes={"units": note}, freeze=True, fast=True
         )
         unit.units = (lo, hi)
         unit.own_info = self.info
@@ -523,62 +546,6 @@ def _mode_sensitive(module: torch.nn.Module) -> bool:
     """Whether train and eval mode differ: BatchNorm-like or dropout layers."""
     kinds = (torch.nn.modules.batchnorm._NormBase, torch.nn.modules.dropout._DropoutNd)
     return any(isinstance(m, kinds) for m in module.modules())
-
-
-def _frozen_copy(module: object, z: Tensor, name: str) -> Callable[[Tensor], Tensor] | None:
-    """A traced, frozen and inference-optimized copy of ``module``, verified on two batches
-    other than the one traced (one of another size); None where any of that fails (the module
-    then serves)."""
-    if (
-        not isinstance(module, torch.nn.Module)
-        or z.device.type != "cpu"
-        or module.training
-        or any(p.requires_grad for p in module.parameters())
-    ):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", TracerWarning)
-            traced = (  # a scripted module keeps its control flow: no trace needed
-                module
-                if isinstance(module, torch.jit.ScriptModule)
-                else torch.jit.trace(module, z, check_trace=False)  # type: ignore[no-untyped-call]
-            )
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-        gen = torch.Generator().manual_seed(0)
-        lo, hi = float(z.min()), float(z.max())
-        noise = lo + (hi - lo) * torch.rand((z.shape[0] + 1, *z.shape[1:]), generator=gen)
-        # Other values, and another batch size (a trace can bake the one it saw into a shape).
-        others = (z.flip(-1), noise)
-        for other in others:
-            want, got = module(other), frozen(other)
-            if not (isinstance(want, Tensor) and isinstance(got, Tensor)):
-                return None
-            if not _close(want, got):
-                log.debug("%s: the frozen copy differs from the module; not used", name)
-                return None
-    except Exception as exc:  # any failure means: keep the module
-        log.debug("%s: no frozen copy (%s: %s)", name, type(exc).__name__, exc)
-        return None
-    log.debug("%s: no-gradient calls use a frozen TorchScript copy", name)
-    return frozen  # type: ignore[no-any-return]
-
-
-def _logits_and_grad(module: torch.nn.Module, z: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits of ``z`` and the gradient of their sum of squares w.r.t. ``z`` (a probe)."""
-    zg = z.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        out = module(zg)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        (grad,) = torch.autograd.grad((out * out).sum(), zg)
-    return out.detach(), grad.detach()
-
-
-def _close(a: Tensor, b: Tensor) -> bool:
-    """Equal within 1e-4 (relative, and absolute on the scale of ``a``), of the same shape."""
-    tol = 1e-4 * max(1.0, float(a.abs().max()))
-    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=tol)
 
 
 def _module_device(module: object) -> torch.device:

@@ -63,16 +63,7 @@ def with_normalization(
 ) -> Classifier:
     """The same module behind another normalization (for scoring a candidate)."""
     info = dataclasses.replace(model.info, mean=tuple(mean), std=tuple(std))
-    return Classifier(
-        model.module,
-        info,
-        query_fn=model.query_fn,
-        device=model.device,
-        batch_size=model.batch_size,
-        name=model.name,
-        frozen_inference=False,
-        fast_layout=False,
-    )
+    return model.derive(model.module, model.query_fn, info=info, freeze=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,35 +87,14 @@ def log_probabilities(model: Classifier, x: Tensor | None = None) -> Classifier:
         module = _LogOf(model.module, torch.float32)
         if twin is not None:
             module, how = _LogOf(twin, torch.float64), "computed in float64"
-    out = _view(model, module, logq, f"log-probabilities ({how})")
+    out = model.derive(module, logq, notes={"outputs": f"log-probabilities ({how})"})
     base = model.module
     float64 = base is not None and twin is not None
     if base is not None and float64 and x is not None and not _same_predictions(model, out, x):
         # float64 changes what the model says: keep float32
-        out = _view(model, _LogOf(base, torch.float32), None, "log-probabilities")
-    return out
-
-
-def _view(
-    model: Classifier,
-    module: nn.Module | None,
-    query: Callable[[np.ndarray], np.ndarray] | None,
-    outputs: str,
-) -> Classifier:
-    out = Classifier(
-        module,
-        model.info,
-        query_fn=query,
-        device=model.device,
-        batch_size=model.batch_size,
-        name=model.name,
-        source=model.source,
-        provenance={**model.provenance, "outputs": outputs},
-        freeze=False,
-        frozen_inference=False,
-        fast_layout=False,
-    )
-    out.units, out.own_info = model.units, model.own_info
+        out = model.derive(
+            _LogOf(base, torch.float32), None, notes={"outputs": "log-probabilities"}
+        )
     return out
 
 
@@ -224,6 +203,7 @@ def bpda_view(model: Classifier) -> tuple[Classifier, list[str]] | None:
     if not found:
         return None
     graph_module.recompile()
-    view = _view(model, graph_module, None, str(model.provenance.get("outputs", "logits")))
+    outputs = str(model.provenance.get("outputs", "logits"))
+    view = model.derive(graph_module, None, notes={"outputs": outputs})
     view.provenance["bpda"] = f"straight-through gradients for {', '.join(sorted(set(found)))}"
     return view, sorted(set(found))
