@@ -32,6 +32,7 @@ from aegis.attacks.base import EVALUATE_WORDING, Attack, check_batch
 from aegis.errors import AegisError, ConfigError, DataError
 from aegis.executors import Executor, create_executor
 from aegis.executors.batches import Batch, BatchWork
+from aegis.executors.memory import plan_batch
 from aegis.model import FROZEN_MIN_POINTS, Classifier
 from aegis.records import Records
 from aegis.threat import ThreatModel, norms
@@ -127,11 +128,20 @@ def evaluate(
     tgt = resolve_targets(targets, n, model.num_classes)
     if (tgt is not None) != threat.targeted:
         threat = ThreatModel(threat.norm, threat.eps, targeted=tgt is not None)
-    bs = batch_size or model.batch_size
-    if bs < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {bs}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if model.device.type == "cpu":
         keep_freed_memory()
+    folder = None if checkpoint is None else Path(checkpoint)
+    plan = plan_batch(
+        model,
+        xt,
+        attacks,
+        targeted=threat.targeted,
+        given=batch_size,
+        resumed=None if folder is None else _BatchStore.started_with(folder),
+    )
+    bs = plan.size
     warmup = None
     if n >= FROZEN_MIN_POINTS:
         # Decided before the first attack call, so the whole run takes one path.
@@ -139,15 +149,41 @@ def evaluate(
         model.prepare_frozen(warmup)
 
     config = _config(attacks, threat, tgt, n, bs, seed, attack_misclassified)
-    store = (
-        None if checkpoint is None else _BatchStore(Path(checkpoint), model, xt, yt, tgt, config)
+    store = None if folder is None else _BatchStore(folder, model, xt, yt, tgt, config)
+    start_all = time.perf_counter()
+    work = BatchWork(tuple(attacks), threat, seed, attack_misclassified, _run_batch)
+    finished, retries = _run(runner, model, work, xt, yt, tgt, bs, store, warmup, progress)
+    order = sorted(finished)
+    records = Records.concat([finished[s][0] for s in order])
+    x_adv = (
+        np.concatenate([finished[s][1] for s in order])
+        if order
+        else np.zeros((0, *model.input_shape), np.float32)
     )
+    config["executor"] = runner.describe()
+    config["batching"] = {**plan.to_dict(), "retries": retries}
+    return Evaluation(records, x_adv, config, time.perf_counter() - start_all)
 
+
+def _run(
+    runner: Executor,
+    model: Classifier,
+    work: BatchWork,
+    xt: Tensor,
+    yt: Tensor,
+    tgt: np.ndarray | None,
+    bs: int,
+    store: _BatchStore | None,
+    warmup: Tensor | None,
+    progress: ProgressFn | None,
+) -> tuple[dict[int, tuple[Records, np.ndarray]], list[dict[str, int]]]:
+    """Every batch's records and adversarial inputs by first index (read back from ``store``
+    or attacked on ``runner``, each saved as it finishes), and the out-of-memory retries."""
     finished: dict[int, tuple[Records, np.ndarray]] = {}
     pending: list[Batch] = []
+    retries: list[dict[str, int]] = []
     done = 0
-    start_all = time.perf_counter()
-    for start in range(0, n, bs):
+    for start in range(0, xt.shape[0], bs):
         saved = None if store is None else store.load(start)
         if saved is None:
             tb = None if tgt is None else torch.from_numpy(tgt[start : start + bs])
@@ -157,23 +193,15 @@ def evaluate(
         done += len(saved[0])
         if progress is not None:
             progress(done)
-    work = BatchWork(tuple(attacks), threat, seed, attack_misclassified, _run_batch)
     for batch in runner.run(model, work, pending, warmup=warmup):
         finished[batch.start] = (batch.records, batch.x_adv)
+        retries.extend(batch.retries)
         if store is not None:
             store.save(batch.start, batch.records, batch.x_adv)
         done += len(batch.records)
         if progress is not None:
             progress(done)
-    order = sorted(finished)
-    records = Records.concat([finished[s][0] for s in order])
-    x_adv = (
-        np.concatenate([finished[s][1] for s in order])
-        if order
-        else np.zeros((0, *model.input_shape), np.float32)
-    )
-    config["executor"] = runner.describe()
-    return Evaluation(records, x_adv, config, time.perf_counter() - start_all)
+    return finished, sorted(retries, key=lambda r: (r["start"], -r["size"]))
 
 
 def _config(
@@ -204,6 +232,10 @@ def _config(
     }
 
 
+_SIZING = "batching.json"
+"""The batch size a checkpointed run started with, so a resumed run sizes its batches alike."""
+
+
 class _BatchStore:
     """Finished batches of one evaluation, one ``.npz`` per batch in a folder, each written
     to a temporary name and renamed (a kill leaves either the whole batch or none of it).
@@ -225,11 +257,27 @@ class _BatchStore:
         except OSError as exc:
             raise write_error(folder, exc) from exc
         self.folder = folder
+        sizing = folder / _SIZING
+        if not sizing.is_file():
+            with atomic(sizing) as tmp:
+                tmp.write_text(json.dumps({"batch_size": config["batch_size"]}))
         h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
         h.update(_model_digest(model).encode())
         for arr in (x.numpy(), y.numpy(), np.zeros(0) if tgt is None else tgt):
             h.update(np.ascontiguousarray(arr).tobytes())
         self.key = h.hexdigest()[:32]
+
+    @staticmethod
+    def started_with(folder: Path) -> int | None:
+        """The batch size a checkpointed run in ``folder`` started with (None: none did, or
+        it finished no batch)."""
+        if not any(folder.glob("batch-*.npz")):
+            return None
+        try:
+            size = json.loads((folder / _SIZING).read_text(encoding="utf-8"))["batch_size"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
     def _path(self, start: int) -> Path:
         return self.folder / f"batch-{start:09d}-{self.key}.npz"

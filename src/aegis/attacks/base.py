@@ -253,6 +253,11 @@ class Attack(ABC):
     ) -> Tensor:
         """The algorithm itself, on a validated batch; the base projects what it returns."""
 
+    def memory_rows(self, num_classes: int, targeted: bool) -> int:
+        """Copies of each point the attack sends through the model at once (the batch sizing
+        of ``executors.memory`` multiplies a point's memory by it); most send one."""
+        return 1
+
     def to_dict(self) -> dict[str, object]:
         from dataclasses import asdict
 

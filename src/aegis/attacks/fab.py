@@ -177,6 +177,10 @@ class FAB(Attack):
         self._restarts(model, x, y, targets, threat, generator, best, best_norm, any_error=False)
         return best
 
+    def memory_rows(self, num_classes: int, targeted: bool) -> int:
+        """Untargeted, every class j ≠ y is linearized in one call: K − 1 copies a point."""
+        return 1 if targeted else max(num_classes - 1, 1)
+
     def _restarts(
         self,
         model: Classifier,
@@ -356,3 +360,7 @@ class FABT(FAB):
         for t in runner_up_targets(model, x, y, self.target_classes):
             self._restarts(model, x, y, t, threat, generator, best, best_norm, any_error=True)
         return best
+
+    def memory_rows(self, num_classes: int, targeted: bool) -> int:
+        """FAB-T linearizes one target class at a time: one copy a point."""
+        return 1

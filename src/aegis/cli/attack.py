@@ -200,7 +200,14 @@ def attack(
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
     mlflow_experiment: MlflowExperiment = None,
-    batch_size: Annotated[int, typer.Option(help="Inputs per batch.")] = 256,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Inputs per batch. Default: the largest batch that fits in half the free "
+            "memory (GPU or RAM), up to 256, measured on the model; a batch that still runs "
+            "out of memory is halved and retried. The size and retries land in results.json."
+        ),
+    ] = None,
     seed: Seed = 0,
     limit: Limit = None,
     attack_misclassified: Annotated[
@@ -469,7 +476,7 @@ def _model_options(
     trust_sidecar: bool,
     keep_softmax: bool | None,
     device: str | None,
-    batch_size: int,
+    batch_size: int | None,
 ) -> dict[str, Any]:
     """The model options the Python API takes, those not given left out."""
     from aegis import normalization
