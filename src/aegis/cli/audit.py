@@ -220,7 +220,7 @@ def audit(
     if resume and overwrite:
         raise UsageError("--resume continues the audit in --out, --overwrite replaces it; drop one")
     results = run_audit(cfg, out_dir, resume=resume, overwrite=overwrite)
-    _print_table(results)
+    _print_table(results.results)
     if results["reused"]:
         typer.echo(
             f"resumed: {len(results['reused'])} finished evaluation(s) read back "

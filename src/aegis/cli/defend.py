@@ -124,7 +124,7 @@ def defend(
             certify_samples=certify_samples,
             certify_radii=floats(certify_radii, "--certify-radii") or (),
         )
-    _print_table(table, attack, norm, eps)
+    _print_table(table.results, attack, norm, eps)
     typer.echo(
         "P/R/F1: clean macro precision, recall, F1. attacked: accuracy under the attack, an "
         "upper bound on robust accuracy, not a guarantee (detector rows: classifier + "

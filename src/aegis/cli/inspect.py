@@ -82,7 +82,7 @@ def inspect(
         model_options={k: v for k, v in options.items() if v is not None},
         write=write_sidecar,
     )
-    _print_inspection(report)
+    _print_inspection(report.results)
 
 
 def _print_inspection(r: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from aegis.audit.config import (
     PoisonEval,
 )
 from aegis.errors import AegisError
+from aegis.workflows.result import WorkflowResult
 
 log = logging.getLogger("aegis.audit.run")  # the name its log lines always carried
 
@@ -415,11 +416,11 @@ class _Finished:
 
 def run_audit(
     config: AuditConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False
-) -> dict[str, Any]:
+) -> WorkflowResult:
     """Run every evaluation of ``config`` for every model into ``out``; return (and write to
-    ``out/results.json``) the audit results. ``results["passed"]`` is true only if every
-    evaluation ran and every threshold passed; ``results["errors"]`` counts evaluations that
-    failed to run.
+    ``out/results.json``) the audit results (kind ``audit``). ``results["passed"]`` is true only
+    if every evaluation ran and every threshold passed; ``results["errors"]`` counts evaluations
+    that failed to run.
 
     ``resume=True`` continues an interrupted audit in ``out``: an evaluation whose run
     directory is complete, for the same aegis version, settings, model, data, limit and seed
@@ -434,7 +435,7 @@ def run_audit(
     from aegis.io.claim import claimed
 
     with claimed(Path(out), resume=resume, overwrite=overwrite) as out_dir:
-        return _audit(config, out_dir, resume)
+        return WorkflowResult.of("audit", _audit(config, out_dir, resume))
 
 
 def _audit(config: AuditConfig, out_dir: Path, resume: bool) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from aegis.io import rundir
 from aegis.io.inputs import load_inputs
 from aegis.metrics import certification_summary
 from aegis.model import Classifier
+from aegis.workflows.result import WorkflowResult
 from aegis.workflows.rundir_writer import write_results
 
 
@@ -35,10 +36,10 @@ def run_certify(
     progress: Callable[[int, int], None] | None = None,
     model_options: dict[str, Any] | None = None,
     data_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Load, certify every input, and return (and write to ``out``/results.json) the results:
-    a ``certification`` section with certified accuracy at each radius and the abstain rate,
-    and the per-sample certificates."""
+) -> WorkflowResult:
+    """Load, certify every input, and return (and write to ``out``/results.json) the results
+    (kind ``certify``): a ``certification`` section with certified accuracy at each radius and
+    the abstain rate, and the per-sample certificates (also the result's ``records``)."""
 
     grid = [float(r) for r in radii]
     if not grid or any(not r >= 0 for r in grid):
@@ -67,7 +68,8 @@ def run_certify(
         "certificates": cert.to_dict(),
         "files": {},
     }
-    return results if out is None else write_results(out, results)
+    written = results if out is None else write_results(out, results)
+    return WorkflowResult.of("certify", written, records=cert)
 
 
 @dataclass(frozen=True)

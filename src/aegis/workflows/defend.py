@@ -44,6 +44,7 @@ from aegis.io import rundir
 from aegis.io.sidecar import read_sidecar
 from aegis.metrics import precision_recall_f1
 from aegis.workflows.attack import AttackRun, run_attack
+from aegis.workflows.result import WorkflowResult
 from aegis.workflows.rundir_writer import write_results
 
 log = logging.getLogger(__name__)
@@ -115,11 +116,11 @@ def compare_defenses(
     sigma: float = 0.25,
     certify_samples: int = 1000,
     certify_radii: Sequence[float] = (0.5, 1.0),
-) -> dict[str, Any]:
+) -> WorkflowResult:
     """Evaluate ``base``, each of ``models``, ``base`` behind each of ``preprocess`` and with
     each of ``detectors``, and each of ``smoothed`` (certified, noise ``sigma``, ``certify_samples``
     noise samples per input) on the same points; return (and write to ``out/results.json``)
-    the table."""
+    the table (kind ``defend``)."""
     if not models and not preprocess and not detectors and not smoothed:
         raise ConfigError(
             "nothing to compare: give defended --model files, --preprocess steps, --detector "
@@ -163,7 +164,7 @@ def compare_defenses(
         },
         "rows": rows,
     }
-    return results if out is None else write_results(out, results)
+    return WorkflowResult.of("defend", results if out is None else write_results(out, results))
 
 
 def _detector_row(

@@ -24,6 +24,7 @@ from aegis.io.inputs import (
 from aegis.model import Classifier
 from aegis.registry import create_all
 from aegis.threat import ThreatModel
+from aegis.workflows.result import WorkflowResult
 from aegis.workflows.rundir_writer import write_results
 
 
@@ -49,9 +50,9 @@ def run_detect(
     model_options: dict[str, Any] | None = None,
     data_options: dict[str, Any] | None = None,
     **attack_params: Any,
-) -> dict[str, Any]:
+) -> WorkflowResult:
     """Fit a detector on clean data, evaluate it against ``attack`` and the adaptive attack,
-    and return (and write to ``out``/results.json) the results.
+    and return (and write to ``out``/results.json) the results (kind ``detect``).
 
     The detector is fitted on ``fit_data`` (default: the ``train`` split of a built-in
     ``data``, else the inputs after the first ``limit``), at most ``fit_limit`` inputs, with the
@@ -103,7 +104,7 @@ def run_detect(
         "seconds": metrics["seconds"],
         "files": {},
     }
-    return results if out is None else write_results(out, results)
+    return WorkflowResult.of("detect", results if out is None else write_results(out, results))
 
 
 def _detector(detector: Detector | str, detector_params: dict[str, Any] | None) -> Detector:

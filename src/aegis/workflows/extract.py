@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from aegis.leakage.extraction import (
     transfer_attack,
 )
 from aegis.model import Classifier
+from aegis.workflows.result import WorkflowResult
 from aegis.workflows.rundir_writer import write_results
 
 log = logging.getLogger("aegis.leakage.extraction")  # the name its log lines always carried
@@ -56,7 +58,7 @@ def run_extraction(
     progress: Callable[[int, int], None] | None = None,
     model_options: dict[str, Any] | None = None,
     data_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> WorkflowResult:
     """Extract ``model`` at every (output policy, budget) and score each substitute.
 
     Args:
@@ -77,51 +79,20 @@ def run_extraction(
         progress: called with (substitutes finished, total).
 
     Returns:
-        The results (also written to ``out``/results.json): an ``extraction`` section with
-        one row per substitute in ``runs`` and the fidelity ``curves`` per output policy.
+        The results (kind ``extract``; also written to ``out``/results.json): an
+        ``extraction`` section with one row per substitute in ``runs`` and the fidelity
+        ``curves`` per output policy.
     """
     budget_list, policies = _grid(budgets, outputs, transfer_limit)
     recipe = recipe or SubstituteRecipe()
     victim, dataset, y_np = load_inputs(model, data, labels, limit, data_options, model_options)
-    pool, resized, pool_source = _pool(data, query_data, victim.input_shape)
-    if budget_list[-1] > pool.shape[0]:
-        raise ConfigError(
-            f"the largest budget {budget_list[-1]} exceeds the query pool of {pool.shape[0]} "
-            "inputs; lower --budgets or give more --query-data"
-        )
-    x_test = torch.from_numpy(np.ascontiguousarray(dataset.x, dtype=np.float32))
-    y_test = torch.from_numpy(np.asarray(y_np, np.int64))
-    victim_pred = victim.predict(x_test)  # evaluation, not part of any attacker's budget
-    k = min(transfer_limit, int(x_test.shape[0]))
+    pool, resized, pool_source = _pool(data, query_data, victim.input_shape, budget_list[-1])
+    test = _Test.of(victim, dataset.x, y_np)
+    k = min(transfer_limit, int(test.x.shape[0]))
     transfer = {"attack": attack, "norm": norm, "eps": eps, "steps": steps, "n": k}
-    total = len(policies) * len(budget_list)
-    rows: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for policy in policies:
-        for budget in budget_list:
-            sub, info = extract(
-                victim, pool, budget=budget, output=policy, recipe=recipe, seed=seed
-            )
-            row = {
-                **info,
-                "substitute_accuracy": float((sub.predict(x_test) == y_test).float().mean()),
-                "fidelity": fidelity(sub, victim_pred, x_test),
-                "transfer": _transfer(sub, victim, x_test, y_test, transfer, seed),
-            }
-            rows.append(row)
-            log.info(
-                "%s %s budget %d: fidelity %.4f",
-                policy.method,
-                policy.name,
-                budget,
-                row["fidelity"],
-            )
-            if progress is not None:
-                progress(len(rows), total)
-    curves = {
-        p.name: [[r["budget"], r["fidelity"]] for r in rows if r["output"] == p.name]
-        for p in policies
-    }
+    rows = _measure(victim, pool, test, policies, budget_list, recipe, transfer, seed, progress)
+    curves = _curves(rows, policies)
     results: dict[str, Any] = {
         **rundir.header(seed, "extraction"),
         "model": victim.describe(),
@@ -134,15 +105,70 @@ def run_extraction(
         },
         "config": _config(budget_list, policies, recipe, victim, transfer),
         "extraction": {
-            "n_test": int(x_test.shape[0]),
-            "victim_accuracy": float((victim_pred == y_test).float().mean()),
+            "n_test": int(test.x.shape[0]),
+            "victim_accuracy": float((test.victim_pred == test.y).float().mean()),
             "runs": rows,
             "curves": curves,
         },
         "seconds": time.perf_counter() - start,
         "files": {},
     }
-    return results if out is None else _write(out, results, curves, victim, plot)
+    written = results if out is None else _write(out, results, curves, victim, plot)
+    return WorkflowResult.of("extract", written)
+
+
+@dataclass(frozen=True)
+class _Test:
+    """The victim's labeled test inputs and its predictions on them (an evaluation, not part
+    of any attacker's budget)."""
+
+    x: Tensor
+    y: Tensor
+    victim_pred: Tensor
+
+    @classmethod
+    def of(cls, victim: Classifier, x: np.ndarray, y: np.ndarray) -> _Test:
+        x_test = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        y_test = torch.from_numpy(np.asarray(y, np.int64))
+        return cls(x_test, y_test, victim.predict(x_test))
+
+
+def _measure(
+    victim: Classifier,
+    pool: Tensor,
+    test: _Test,
+    policies: list[OutputPolicy],
+    budget_list: list[int],
+    recipe: SubstituteRecipe,
+    transfer: dict[str, Any],
+    seed: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[dict[str, Any]]:
+    """Extract a substitute at every (output policy, budget) and score each: one row each."""
+    total = len(policies) * len(budget_list)
+    rows: list[dict[str, Any]] = []
+    for policy in policies:
+        for budget in budget_list:
+            sub, info = extract(
+                victim, pool, budget=budget, output=policy, recipe=recipe, seed=seed
+            )
+            row = {
+                **info,
+                "substitute_accuracy": float((sub.predict(test.x) == test.y).float().mean()),
+                "fidelity": fidelity(sub, test.victim_pred, test.x),
+                "transfer": _transfer(sub, victim, test.x, test.y, transfer, seed),
+            }
+            rows.append(row)
+            log.info(
+                "%s %s budget %d: fidelity %.4f",
+                policy.method,
+                policy.name,
+                budget,
+                row["fidelity"],
+            )
+            if progress is not None:
+                progress(len(rows), total)
+    return rows
 
 
 def _grid(
@@ -161,10 +187,10 @@ def _grid(
 
 
 def _pool(
-    data: Any, query_data: Any, shape: tuple[int, int, int]
+    data: Any, query_data: Any, shape: tuple[int, int, int], largest_budget: int
 ) -> tuple[Tensor, list[int] | None, str]:
     """The attacker's query pool in the victim's input shape, the (H, W) it was resized from
-    (``None``: not resized) and where it comes from."""
+    (``None``: not resized) and where it comes from; it must hold the largest budget."""
     if query_data is None:
         if not (isinstance(data, str) and data in BUILTINS):
             raise ConfigError(
@@ -177,7 +203,20 @@ def _pool(
         pool_set = as_dataset(query_data, None, {"split": "train"})
         pool_source = str(query_data) if not isinstance(query_data, Dataset) else pool_set.name
     pool, resized = fit_pool(pool_set.tensors()[0], shape)
+    if largest_budget > pool.shape[0]:
+        raise ConfigError(
+            f"the largest budget {largest_budget} exceeds the query pool of {pool.shape[0]} "
+            "inputs; lower --budgets or give more --query-data"
+        )
     return pool, resized, pool_source
+
+
+def _curves(rows: list[dict[str, Any]], policies: list[OutputPolicy]) -> dict[str, list[list[Any]]]:
+    """Fidelity against the budget, one curve of ``[budget, fidelity]`` points per policy."""
+    return {
+        p.name: [[r["budget"], r["fidelity"]] for r in rows if r["output"] == p.name]
+        for p in policies
+    }
 
 
 def _transfer(

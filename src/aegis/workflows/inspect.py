@@ -24,6 +24,7 @@ from aegis.io.inputs import load_inputs
 from aegis.io.sidecar import read_sidecar, sidecar_path, write_sidecar
 from aegis.model import Classifier
 from aegis.normalization import PRESETS, check_normalization
+from aegis.workflows.result import WorkflowResult
 
 PROBE = 512
 """Labeled inputs scored for the clean accuracy and the normalization check."""
@@ -38,10 +39,11 @@ def inspect_model(
     model_options: dict[str, Any] | None = None,
     data_options: dict[str, Any] | None = None,
     write: bool = False,
-) -> dict[str, Any]:
+) -> WorkflowResult:
     """What aegis sees in ``model`` (and, with ``data``, how well it classifies it); with
     ``write``, the metadata (and a normalization that fits clearly better) go to the
-    model's sidecar, merged into an existing one."""
+    model's sidecar, merged into an existing one (the result's ``paths["sidecar"]``). Kind
+    ``inspect``; no run directory."""
     options = dict(model_options or {})
     dataset: Dataset | None = None
     if data is None:
@@ -56,9 +58,11 @@ def inspect_model(
     if dataset is not None:
         report["data"] = dataset.to_dict()
         report.update(_scores(clf, dataset))
+    written: dict[str, Path] = {}
     if write:
-        report["sidecar_written"] = str(_write(Path(model), clf, report))
-    return report
+        written["sidecar"] = _write(Path(model), clf, report)
+        report["sidecar_written"] = str(written["sidecar"])
+    return WorkflowResult.of("inspect", report, extra=written)
 
 
 def _describe(clf: Classifier) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from aegis.leakage.membership import (
     membership_metrics,
     split_members,
 )
+from aegis.workflows.result import WorkflowResult
 from aegis.workflows.rundir_writer import write_results
 
 log = logging.getLogger("aegis.leakage.membership")  # the name its log lines always carried
@@ -45,7 +46,7 @@ def run_membership(
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     data_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> WorkflowResult:
     """Train a target per recipe variant on a random ``member_fraction`` of ``data`` (the rest
     are its non-members) and run the threshold and LiRA attacks on all of it.
 
@@ -63,8 +64,10 @@ def run_membership(
         progress: called with (models trained, total).
 
     Returns:
-        The results (also written to ``out``/results.json): a ``membership`` section with one
-        row per variant (train/test accuracy and each attack's AUC and TPR at low FPR).
+        The results (kind ``membership``; also written to ``out``/results.json): a
+        ``membership`` section with one row per variant (train/test accuracy and each attack's
+        AUC and TPR at low FPR). Its ``records`` are the per-example ``members`` mask and each
+        variant's attack ``scores`` (by variant name, then attack).
     """
     if shadows < 1:
         raise ConfigError(f"shadows must be >= 1 shadow model, got {shadows}")
@@ -83,6 +86,7 @@ def run_membership(
     total = len(recipes) * (1 + shadows)
     done = 0
     rows: list[dict[str, Any]] = []
+    per_variant: dict[str, dict[str, np.ndarray]] = {}
     start = time.perf_counter()
     for r in recipes:
         t0 = time.perf_counter()
@@ -94,6 +98,7 @@ def run_membership(
         done += shadows
         if progress is not None:
             progress(done, total)
+        per_variant[r.name] = scores
         rows.append(_row(r, target.predict(x), y, members, scores, shape, t0))
         log.info("%s: %s", r.name, {a: v["roc_auc"] for a, v in rows[-1]["attacks"].items()})
     results: dict[str, Any] = {
@@ -104,7 +109,10 @@ def run_membership(
         "seconds": time.perf_counter() - start,
         "files": {},
     }
-    return results if out is None else write_results(out, results)
+    written = results if out is None else write_results(out, results)
+    return WorkflowResult.of(
+        "membership", written, records={"members": members, "scores": per_variant}
+    )
 
 
 def _candidates(
