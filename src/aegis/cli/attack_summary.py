@@ -22,11 +22,28 @@ def print_summary(run: Any) -> None:
     """What ``aegis attack`` prints once the run is written: the setup, the metrics, the
     warnings and remedies, where the files are and the verdict."""
     from rich.console import Console
-    from rich.table import Table
 
     m = run.metrics
     res = run.results
     console = Console()
+    _print_setup(res, m, console)
+    _print_metrics(m, console)
+    _print_success(res, m, console)
+    if "sweep" in res:
+        _print_sweep(res["sweep"], console)
+    if "minimal" in res:
+        _print_minimal(res["minimal"], console)
+    if "defense" in res:
+        _print_defense(res["defense"], m, console)
+    _print_warnings(res, console)
+    if run.out_dir is not None:
+        files = "  ".join(f"{k}: {run.out_dir / v}" for k, v in res["files"].items())
+        console.print(f"results: {run.out_dir / 'results.json'}  {files}", markup=False)
+    console.print(f"verdict: {run.verdict}", markup=False)
+
+
+def _print_setup(res: dict[str, Any], m: dict[str, Any], console: Any) -> None:
+    """The model, data, attack and budget line, and a note when aegis recovered logits."""
     cfg = res["config"]
     data = res["data"]
     console.print(
@@ -44,6 +61,12 @@ def print_summary(run: Any) -> None:
     outputs = str((res["model"].get("provenance") or {}).get("outputs", ""))
     if outputs.startswith("logits recovered"):  # aegis changed what the attacks see
         console.print(f"model outputs: {outputs} (--keep-softmax attacks them as they are)")
+
+
+def _print_metrics(m: dict[str, Any], console: Any) -> None:
+    """The clean / under-attack table (accuracy and macro precision, recall, F1)."""
+    from rich.table import Table
+
     table = Table(show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("clean", justify="right")
@@ -58,6 +81,10 @@ def print_summary(run: Any) -> None:
     console.print(table)
     if "labels" in m:
         console.print(f"labels: {m['labels']}", markup=False)
+
+
+def _print_success(res: dict[str, Any], m: dict[str, Any], console: Any) -> None:
+    """The success rate, the median norms of the successful and the query counts."""
     s = m["success"]
     nrm = m["norms"]
     why = "true label = target" if "labels" not in m else "already predicted as the target"
@@ -70,19 +97,24 @@ def print_summary(run: Any) -> None:
         f"queries (median {fmt(m['calls']['forward_median_per_attacked'])} per attacked "
         f"input) in {res['seconds']:.1f} s"
     )
-    if "sweep" in res:
-        sweep = Table("ε", "accuracy under attack", "success rate", header_style="bold")
-        for point in res["sweep"]:
-            sweep.add_row(
-                f"{point['eps']:g}",
-                pct(point["metrics"]["adversarial_accuracy"]),
-                pct(point["metrics"]["success"]["rate"]),
-            )
-        console.print(sweep)
-    if "minimal" in res:
-        _print_minimal(res["minimal"], console)
-    if "defense" in res:
-        _print_defense(res["defense"], m, console)
+
+
+def _print_sweep(points: list[dict[str, Any]], console: Any) -> None:
+    """One row per ε of an ``--eps`` sweep."""
+    from rich.table import Table
+
+    sweep = Table("ε", "accuracy under attack", "success rate", header_style="bold")
+    for point in points:
+        sweep.add_row(
+            f"{point['eps']:g}",
+            pct(point["metrics"]["adversarial_accuracy"]),
+            pct(point["metrics"]["success"]["rate"]),
+        )
+    console.print(sweep)
+
+
+def _print_warnings(res: dict[str, Any], console: Any) -> None:
+    """The sanity checks that raised a flag, and what the remedy for them changed."""
     for flag in res.get("sanity", []):
         if flag["flagged"]:
             console.print(f"sanity: {flag['name']}: {flag['evidence']}", markup=False)
@@ -96,10 +128,6 @@ def print_summary(run: Any) -> None:
             + (f"; still raised: {', '.join(rem['still_raised'])}" if rem["still_raised"] else ""),
             markup=False,
         )
-    if run.out_dir is not None:
-        files = "  ".join(f"{k}: {run.out_dir / v}" for k, v in res["files"].items())
-        console.print(f"results: {run.out_dir / 'results.json'}  {files}", markup=False)
-    console.print(f"verdict: {run.verdict}", markup=False)
 
 
 def _print_minimal(mn: dict[str, Any], console: Any) -> None:

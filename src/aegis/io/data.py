@@ -267,6 +267,52 @@ def load_dataset(
     _check_options(layout=layout, input_shape=input_shape, split=split, scale=scale, limit=limit)
     folder: dict[str, Any] = dict(resize=resize, center_crop=center_crop, class_index=class_index)
     check_transform(resize, center_crop)
+    source = _resolve_source(spec)
+    if source.builtin is not None:
+        _refuse_labels(labels, source)
+        _refuse_folder_options(folder, "built-in datasets")
+        ds = _load_builtin(
+            source.builtin, split=split, scale=scale, input_shape=input_shape, bounds=bounds
+        )
+    elif source.kind == "folder":
+        _refuse_labels(labels, source)
+        ds = _load_folder(
+            source.path,
+            scale=scale,
+            input_shape=input_shape,
+            limit=limit,
+            bounds=bounds,
+            folder=folder,
+        )
+    else:
+        _refuse_folder_options(folder, "array files")
+        ds = _load_array_file(
+            source.path,
+            labels=labels,
+            layout=layout,
+            input_shape=input_shape,
+            split=split,
+            scale=scale,
+            limit=limit,
+            bounds=bounds,
+        )
+    ds = _keep_first(ds, limit)
+    log.info("loaded dataset %s: %d samples of shape %s", ds.name, len(ds), ds.input_shape)
+    return ds
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a dataset spec points: a built-in, an image folder or an array file."""
+
+    kind: str  # "built-in", "folder" or "file"
+    path: Path
+    builtin: _Builtin | None = None
+
+
+def _resolve_source(spec: str) -> _Source:
+    """A bare built-in name (``./mnist`` is a path), else an existing folder or file; a
+    ``DataError`` for an empty spec, an unusable path, a broken link or nothing there."""
     builtin = BUILTINS.get(spec.lower())  # a bare name; "./mnist" is a path
     if not spec.strip():
         raise DataError(
@@ -278,43 +324,39 @@ def load_dataset(
     except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
         raise DataError(f"cannot use {spec[:80]!r} as a data path ({exc}); check it") from exc
     if builtin is not None:
-        if labels is not None:
-            raise ConfigError(f"built-in dataset {builtin.name} has its own labels; drop --labels")
-        _refuse_folder_options(folder, "built-in datasets")
-        ds = _load_builtin(
-            builtin, split=split, scale=scale, input_shape=input_shape, bounds=bounds
-        )
-    elif is_dir:
-        if labels is not None:
-            raise ConfigError(
-                "an image folder takes its labels from its sub-folder names (or --class-index "
-                "FILE); drop --labels"
-            )
-        ds = _load_folder(
-            path, scale=scale, input_shape=input_shape, limit=limit, bounds=bounds, folder=folder
-        )
-    elif is_file:
-        _refuse_folder_options(folder, "array files")
-        ds = _load_array_file(
-            path,
-            labels=labels,
-            layout=layout,
-            input_shape=input_shape,
-            split=split,
-            scale=scale,
-            limit=limit,
-            bounds=bounds,
-        )
-    else:
-        problem = _link_problem(path)
-        if problem is not None:
-            raise DataError(
-                f"data path {spec!r} {problem}; point it at a .npy/.npz file or an image folder"
-            )
+        return _Source("built-in", path, builtin)
+    if is_dir:
+        return _Source("folder", path)
+    if is_file:
+        return _Source("file", path)
+    problem = _link_problem(path)
+    if problem is not None:
         raise DataError(
-            f"no dataset {spec!r}: not a built-in ({', '.join(BUILTINS)}) and no such file or "
-            "folder; pass a built-in name, a .npy/.npz file or an image folder"
+            f"data path {spec!r} {problem}; point it at a .npy/.npz file or an image folder"
         )
+    raise DataError(
+        f"no dataset {spec!r}: not a built-in ({', '.join(BUILTINS)}) and no such file or "
+        "folder; pass a built-in name, a .npy/.npz file or an image folder"
+    )
+
+
+def _refuse_labels(labels: str | None, source: _Source) -> None:
+    """Built-ins and image folders bring their own labels: refuse a ``--labels`` file."""
+    if labels is None:
+        return
+    if source.builtin is not None:
+        raise ConfigError(
+            f"built-in dataset {source.builtin.name} has its own labels; drop --labels"
+        )
+    raise ConfigError(
+        "an image folder takes its labels from its sub-folder names (or --class-index "
+        "FILE); drop --labels"
+    )
+
+
+def _keep_first(ds: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` samples of ``ds`` (all of them when there are fewer); records
+    ``limit`` and the final ``n`` in the provenance."""
     if limit is not None and limit < len(ds):
         ds = Dataset(
             x=ds.x[:limit],
@@ -325,7 +367,6 @@ def load_dataset(
         )
     ds.provenance["limit"] = limit
     ds.provenance["n"] = len(ds)
-    log.info("loaded dataset %s: %d samples of shape %s", ds.name, len(ds), ds.input_shape)
     return ds
 
 
