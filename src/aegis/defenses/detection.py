@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from aegis.attacks._params import resolve_step
 from aegis.attacks.base import Attack, margin
+from aegis.attacks.iterative import gradient_ascent
 from aegis.defenses.preprocessing import BitDepth, Median, Preprocessor, bpda
 from aegis.engine import evaluate
 from aegis.errors import CapabilityError, ConfigError, DataError
@@ -385,7 +386,8 @@ class DetectorAwarePGD(Attack):
     below the threshold. One run per penalty weight w in ``weights``, each (from a fresh random
     start) only on the points no earlier run got through, as restarts are. Each point keeps the
     first iterate that is misclassified and not flagged; otherwise the last misclassified
-    iterate, otherwise the last one.
+    iterate, otherwise the last one. The step loop is ``gradient_ascent``'s (hidden points are
+    frozen and leave the batch), ascending the objective ``_Hiding``.
     """
 
     registry_name: ClassVar[str] = "pgd-detector-aware"
@@ -434,52 +436,27 @@ class DetectorAwarePGD(Attack):
             if idx.numel() == 0:
                 break
             t = None if targets is None else targets[idx]
-            adv, hidden, fooled = self._one_run(model, x[idx], y[idx], t, threat, step, weight,
-                                                generator)  # fmt: skip
+            hiding = _Hiding(self, x[idx], weight)
+            last = gradient_ascent(
+                model,
+                x[idx],
+                y[idx],
+                threat,
+                targets=t,
+                generator=generator,
+                steps=self.steps,
+                step_size=step,
+                random_start=self.random_start,
+                objective=hiding,
+            )
+            hiding(last, y[idx], t, None)  # records the last iterate (no step follows)
+            hidden, fooled = hiding.done, hiding.kept
+            adv = torch.where(fooled.view(-1, 1, 1, 1), hiding.out, last)
             take = hidden | (fooled & ~kept[idx]) | ~(kept[idx] | fooled)
             out[idx[take]] = adv[take]
             kept[idx[fooled]] = True
             done[idx[hidden]] = True
         return out
-
-    def _one_run(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        step: float,
-        weight: float,
-        generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(inputs, hidden, fooled): per point the first hidden iterate, else the last
-        misclassified one, else the last one."""
-        x_cur = threat.random_start(x, model.bounds, generator) if self.random_start else x
-        out = x_cur.clone()
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        kept = torch.zeros_like(done)
-        for number in range(self.steps + 1):
-            xg = x_cur.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits, score = self.detector.logits_and_score(xg)
-                m = margin(logits, y, targets)
-                loss = -m.clamp_min(-self.kappa) - weight * F.relu(
-                    score - self.threshold + self.slack
-                )
-                (grad,) = torch.autograd.grad(loss.sum(), xg)
-            fooled = (m < 0).detach()
-            hidden = fooled & (score.detach() <= self.threshold)
-            take = ~done & fooled
-            out[take] = x_cur[take].detach()
-            kept |= take
-            done |= hidden
-            if bool(done.all()) or number == self.steps:
-                break
-            direction = threat.ascent_direction(grad, x=x_cur, bounds=model.bounds)
-            x_new = threat.project(x_cur.detach() + step * direction, x, model.bounds)
-            x_cur = torch.where(done.view(-1, 1, 1, 1), x_cur, x_new)
-        return torch.where(kept.view(-1, 1, 1, 1), out, x_cur.detach()), done, kept
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -493,6 +470,35 @@ class DetectorAwarePGD(Attack):
             "slack": self.slack,
             "random_start": self.random_start,
         }
+
+
+class _Hiding:
+    """The objective of one ``DetectorAwarePGD`` run for ``gradient_ascent``: ascend
+    −max(margin, −κ) − w·relu(score − threshold + slack); a point succeeds once hidden
+    (misclassified and not flagged). Every iterate it sees is recorded: per point the first
+    hidden one, else the last misclassified one (``out``, where ``kept``); ``done``: hidden."""
+
+    def __init__(self, attack: DetectorAwarePGD, x: Tensor, weight: float) -> None:
+        self.attack, self.weight, self.out = attack, weight, x.clone()
+        self.done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.kept = torch.zeros_like(self.done)
+
+    def __call__(
+        self, x: Tensor, y: Tensor, targets: Tensor | None, rows: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        a, at = self.attack, slice(None) if rows is None else rows
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits, score = a.detector.logits_and_score(xg)
+            m = margin(logits, y, targets)
+            loss = -m.clamp_min(-a.kappa) - self.weight * F.relu(score - a.threshold + a.slack)
+            (grad,) = torch.autograd.grad(loss.sum(), xg)
+        fooled = (m < 0).detach()
+        take = ~self.done[at] & fooled
+        self.out[at] = torch.where(take.view(-1, 1, 1, 1), x.detach(), self.out[at])
+        self.kept[at] |= take
+        self.done[at] |= fooled & (score.detach() <= a.threshold)
+        return self.done[at], grad
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -540,12 +546,10 @@ def evaluate_detector(
     }
     if adaptive is not False:
         aware = (
-            adaptive
+            replace(adaptive, threshold=t)
             if isinstance(adaptive, DetectorAwarePGD)
             else DetectorAwarePGD(detector=detector, threshold=t)
         )
-        if aware.threshold != t:
-            aware = DetectorAwarePGD(**{**_fields(aware), "threshold": t})
         ev2 = evaluate(
             model,
             xt,
@@ -570,12 +574,6 @@ def evaluate_detector(
     else:
         out["non_adaptive"].pop("_handled")
     return out
-
-
-def _fields(attack: DetectorAwarePGD) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(attack, f.name) for f in fields(attack)}
 
 
 def _attack_metrics(

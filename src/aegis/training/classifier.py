@@ -77,6 +77,30 @@ def train_classifier(
     Returns:
         A frozen Classifier in eval mode, in the input box [0, 1].
     """
+    k = _check_data(x, y, arch, num_classes)
+    shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+    kwargs: dict[str, Any] = {"num_classes": k}
+    if arch == "tiny_mlp":
+        kwargs["input_shape"] = shape
+    params = _params(int(x.shape[0]), arch, epochs, seed, batch_size, lr, augment_shift,
+                     weight_decay, robust)  # fmt: skip
+    soft = None if soft_targets is None else soft_targets_of(soft_targets, int(x.shape[0]), k)
+    if soft is not None:
+        if robust is not None:
+            raise ConfigError("soft_targets apply to standard training; drop defense")
+        # only runs with soft targets carry the key: the other runs' hashes stay as they were
+        params["soft_targets"] = hashlib.sha256(soft.numpy().tobytes()).hexdigest()
+    with seeded(seed):
+        module = ARCHITECTURES[arch](**kwargs)
+        info = ModelInfo(num_classes=k, input_shape=shape)
+        strategy = None if robust is None else robust.strategy
+        train_loop(module, info, x.float(), y.long(), params, strategy, checkpoint, resume=True,
+                   progress=progress, soft=soft)  # fmt: skip
+    return Classifier(module, info, name=arch, source=SOURCE)
+
+
+def _check_data(x: Tensor, y: Tensor, arch: str, num_classes: int | None) -> int:
+    """Check the training data and the architecture; the number of classes."""
     if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise DataError(
             f"training data must be (n, C, H, W) inputs with (n,) labels, got {tuple(x.shape)} "
@@ -89,15 +113,26 @@ def train_classifier(
         raise DataError(f"labels must lie in 0..{k - 1}, got {int(y.min())}..{int(y.max())}")
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)}")
-    shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
-    kwargs: dict[str, Any] = {"num_classes": k}
-    if arch == "tiny_mlp":
-        kwargs["input_shape"] = shape
-    strategy = None if robust is None else robust.strategy
+    return k
+
+
+def _params(
+    n: int,
+    arch: str,
+    epochs: int,
+    seed: int,
+    batch_size: int,
+    lr: float,
+    augment_shift: int,
+    weight_decay: float,
+    robust: RobustTraining | None,
+) -> dict[str, Any]:
+    """The recorded (and validated) hyper-parameters of an in-memory run; they key its
+    checkpoint."""
     params: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "dataset": "in-memory",
-        "n": int(x.shape[0]),
+        "n": n,
         "arch": arch,
         "epochs": epochs,
         "seed": seed,
@@ -121,25 +156,4 @@ def train_classifier(
         )
     params["eval_steps"] = 1  # unused: nothing is scored here; keeps validate_params' contract
     validate_params(params)
-    soft = None if soft_targets is None else soft_targets_of(soft_targets, int(x.shape[0]), k)
-    if soft is not None:
-        if strategy is not None:
-            raise ConfigError("soft_targets apply to standard training; drop defense")
-        # only runs with soft targets carry the key: the other runs' hashes stay as they were
-        params["soft_targets"] = hashlib.sha256(soft.numpy().tobytes()).hexdigest()
-    with seeded(seed):
-        module = ARCHITECTURES[arch](**kwargs)
-        info = ModelInfo(num_classes=k, input_shape=shape)
-        train_loop(
-            module,
-            info,
-            x.float(),
-            y.long(),
-            params,
-            strategy,
-            checkpoint,
-            resume=True,
-            progress=progress,
-            soft=soft,
-        )
-    return Classifier(module, info, name=arch, source=SOURCE)
+    return params

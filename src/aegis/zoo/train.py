@@ -209,54 +209,57 @@ def train_reference(
             (``aegis certify``). Standard training only; the sidecar adds the test accuracy
             under that noise.
     """
+    recipe, name, strategy = _recipe_and_defense(dataset, defense, adversarial, defense_params)
+    params = _reference_params(dataset, recipe, name, strategy, epochs=epochs, eps=eps, seed=seed,
+        batch_size=batch_size, lr=lr, augment_shift=augment_shift, attack_steps=attack_steps,
+        attack_step_size=attack_step_size, eps_ramp=eps_ramp, attack_early_stop=attack_early_stop,
+        eval_steps=eval_steps, optimizer=optimizer, noise_sigma=noise_sigma)  # fmt: skip
+    model_path = Path(out_dir) / model_filename(dataset, name, noise_sigma)
+    if not force:
+        reused = reuse(model_path, model_path.with_suffix(".json"), params)
+        if reused is not None:
+            log.info("reusing %s (same hyper-parameters; force=True retrains)", model_path)
+            return reused
+    return _train_and_write(model_path, params, strategy, name, resume=resume, progress=progress)
+
+
+def _recipe_and_defense(
+    dataset: str, defense: str | None, adversarial: str | None, params: dict[str, Any] | None
+) -> tuple[Recipe, str | None, TrainingDefense | None]:
+    """The dataset's recipe, the defense's name and its strategy: the recipe's parameters for
+    the defense, overridden by the values set in ``params``."""
     recipe = RECIPES.get(dataset)
     if recipe is None or dataset not in DATASET_ARCH:
         raise ConfigError(
             f"no reference model for dataset {dataset!r}; use one of {', '.join(DATASET_ARCH)}"
         )
     name = resolve_defense(defense, adversarial)
-    if name is None and defense_params:
+    if name is None and params:
         raise ConfigError("defense_params need a defense; pass defense='trades' (or another)")
-    own = {k: v for k, v in (defense_params or {}).items() if v is not None}
+    own = {k: v for k, v in (params or {}).items() if v is not None}
     strategy = (
         None
         if name is None
         else create_training_defense(name, **{**recipe.params_for(name), **own})
     )
-    params = _reference_params(
-        dataset,
-        recipe,
-        name,
-        strategy,
-        epochs=epochs,
-        eps=eps,
-        seed=seed,
-        batch_size=batch_size,
-        lr=lr,
-        augment_shift=augment_shift,
-        attack_steps=attack_steps,
-        attack_step_size=attack_step_size,
-        eps_ramp=eps_ramp,
-        attack_early_stop=attack_early_stop,
-        eval_steps=eval_steps,
-        optimizer=optimizer,
-        noise_sigma=noise_sigma,
-    )
-    validate_params(params)
+    return recipe, name, strategy
 
-    out_dir = Path(out_dir)
-    model_path = out_dir / model_filename(dataset, name, noise_sigma)
-    side_path = model_path.with_suffix(".json")
-    if not force:
-        reused = reuse(model_path, side_path, params)
-        if reused is not None:
-            log.info("reusing %s (same hyper-parameters; force=True retrains)", model_path)
-            return reused
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _train_and_write(
+    model_path: Path,
+    params: dict[str, Any],
+    strategy: TrainingDefense | None,
+    name: str | None,
+    *,
+    resume: bool,
+    progress: bool,
+) -> TrainResult:
+    """Train (resuming from the checkpoint beside ``model_path``), score, and write the model
+    and its sidecar; the checkpoint is deleted once both are written."""
+    model_path.parent.mkdir(parents=True, exist_ok=True)
     ckpt_path = checkpoint_path(model_path)
     start = time.perf_counter()
-    with seeded(seed):
+    with seeded(params["seed"]):
         module, info = _build(params)
         fit = _fit(module, info, params, strategy, ckpt_path, resume=resume, progress=progress)
     seconds = fit.seconds_before + time.perf_counter() - start
@@ -270,11 +273,11 @@ def train_reference(
         fit.test_accuracy,
         ""
         if fit.robust_accuracy is None
-        else f", PGD robust accuracy {fit.robust_accuracy:.4f} at eps {eps}",
+        else f", PGD robust accuracy {fit.robust_accuracy:.4f} at eps {params['eps']}",
     )
     return TrainResult(
         model_path,
-        side_path,
+        model_path.with_suffix(".json"),
         fit.test_accuracy,
         fit.robust_accuracy,
         seconds,
@@ -351,8 +354,8 @@ def _reference_params(
     optimizer: str | None,
     noise_sigma: float | None,
 ) -> dict[str, Any]:
-    """The hyper-parameters of a reference run: the arguments given, the recipe's defaults
-    for the rest (they key the checkpoint and the reuse, and go to the sidecar)."""
+    """The (validated) hyper-parameters of a reference run: the arguments given, the recipe's
+    defaults for the rest (they key the checkpoint and the reuse, and go to the sidecar)."""
     n_epochs = epochs if epochs is not None else (recipe.adv_epochs if name else recipe.epochs)
     default_shift = recipe.adv_shift if name else recipe.shift
     params: dict[str, Any] = {
@@ -396,6 +399,7 @@ def _reference_params(
         )
         if name != "pgd-at":
             params.update(defense=name, defense_params=strategy.to_dict())
+    validate_params(params)
     return params
 
 
