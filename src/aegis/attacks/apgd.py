@@ -219,11 +219,11 @@ class APGD(Attack):
         # runs all steps and returns its highest-loss (EOT) iterate instead.
         stop_early = self.early_stop and not model.randomized
         for k in range(self.steps):
-            if stop_early and k % 4 == 0 and bool(hit.any()):
-                done = hit
-                out_adv[act[done]] = x_adv[done]
-                out_hit[act[done]] = True
-                keep = ~done
+            # One sync a check: integer positions gather without a boolean mask's sync each.
+            keep = (~hit).nonzero().squeeze(1) if stop_early and k % 4 == 0 else None
+            if keep is not None and keep.numel() < act.numel():
+                out_adv[act] = torch.where(hit.view(view), x_adv, out_adv[act])
+                out_hit[act] = hit
                 act, x, y, rows = act[keep], x[keep], y[keep], rows[keep]
                 t = None if t is None else t[keep]
                 goal = None if any_error else t

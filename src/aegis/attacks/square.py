@@ -168,9 +168,9 @@ class Square(Attack):
             now = score(logits, ya, ta)
             fooled = is_adversarial(logits, ya, ta)
             accept = (now > best[act]) | fooled
-            take = act[accept]
-            x_best[take] = cand[accept]
-            best[take] = now[accept]
+            # Rows not accepted are written back unchanged: no boolean-mask sync.
+            x_best[act] = torch.where(accept.view(-1, 1, 1, 1), cand, xb)
+            best[act] = torch.where(accept, now, best[act])
             hit[act] = fooled
         return x_best, best, hit
 
