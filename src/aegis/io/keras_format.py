@@ -3,6 +3,12 @@ so that they stay differentiable. keras is imported only when such a file is loa
 
 HDF5 files (Keras 2.x, tf.keras or Keras 3; whole models or weights only) are read by
 :mod:`aegis.io.keras_legacy`, which repairs Keras 2 configs for Keras 3.
+
+Once the loader has settled the outputs (a final softmax removed, :mod:`aegis.io.logits`),
+:func:`torch_fast_path` replaces the Keras call by the same layers in plain torch
+(:mod:`aegis.io.keras_torch`) where they convert and give the same outputs and input gradients
+on probe batches; ``provenance["keras_path"]`` says which ran. ``AEGIS_INFERENCE=eager`` keeps
+the Keras call.
 """
 
 from __future__ import annotations
@@ -16,16 +22,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from aegis.errors import ModelError, UnsafeFileError
 from aegis.io.keras_legacy import KerasBuild, _load_hdf5, keras_detail
 from aegis.io.keras_repair import lambda_message
+from aegis.io.keras_torch import Unsupported, same_as_keras, to_torch
 from aegis.io.loaded import (
     _ZIP_MAGIC,
     Dims,
     Factory,
     _corrupt,
+    _device_of,
     _first_tensor,
     _Loaded,
     _one_line,
@@ -72,6 +81,39 @@ class _KerasModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = _first_tensor(self.keras_model(x, training=False))
         return out
+
+
+PATH_NOTE = "keras_path"
+CONVERTED = "keras layers converted to torch (verified)"
+
+
+def torch_fast_path(loaded: _Loaded, x: Tensor) -> None:
+    """Where ``loaded.module`` is a Keras call, replace it by its torch conversion if that
+    gives the Keras outputs and input gradients on ``x`` (a probe batch in the model's layout)
+    and on random normal inputs; ``loaded.notes["keras_path"]`` says which path runs."""
+    module = loaded.module
+    if not isinstance(module, _KerasModule):
+        return
+    if os.environ.get("AEGIS_INFERENCE") == "eager":
+        loaded.notes[PATH_NOTE] = "keras call (AEGIS_INFERENCE=eager)"
+        return
+    try:
+        converted = to_torch(_import_keras(), module.keras_model)
+        device = _device_of(converted)
+        gen = torch.Generator().manual_seed(1)
+        noise = 2 * torch.randn((3, *x.shape[1:]), generator=gen)
+        probes = [x.to(device), noise.to(device)]
+        why = same_as_keras(module, converted, probes)
+    except Unsupported as exc:
+        why = f"unsupported: {exc}"
+    except Exception as exc:  # any failure means: keep the Keras call
+        why = f"the conversion failed ({type(exc).__name__}: {_one_line(exc)})"
+    if why:
+        log.debug("Keras model not converted to torch: %s", why)
+        loaded.notes[PATH_NOTE] = f"keras call (not converted to torch: {why})"
+        return
+    loaded.module = converted
+    loaded.notes[PATH_NOTE] = CONVERTED
 
 
 def _keras_dims(model: Any) -> Dims | None:

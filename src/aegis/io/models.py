@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from aegis.errors import AegisError, AegisWarning, ModelError
 from aegis.io.digest import file_sha256
 from aegis.io.factories import _build_from_factory
-from aegis.io.keras_format import _KerasModule, _load_keras
+from aegis.io.keras_format import _KerasModule, _load_keras, torch_fast_path
 from aegis.io.loaded import (
     Factory,
     _device_of,
@@ -150,6 +150,7 @@ def load_classifier(
         provenance=provenance,
         keep_softmax=keep_softmax,
     )
+    torch_fast_path(loaded, _to_layout(probe_rows(inputs.shape), inputs.layout))  # after softmax
     info = describe(
         sidecar, loaded, provenance, n_classes, inputs, bounds=bounds, mean=mean, std=std
     )
