@@ -118,18 +118,8 @@ def evaluate(
             (timings aside); ``config["executor"]`` says which one ran.
     """
     runner = executor if isinstance(executor, Executor) else create_executor(executor)
-    xt = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
-    yt = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
+    xt, yt, attacks, tgt, threat = _checked(model, x, y, attack, threat, targets, batch_size)
     n = xt.shape[0]
-    check_batch(model, xt, yt, None, wording=EVALUATE_WORDING)
-    attacks = [attack] if isinstance(attack, Attack) else list(attack)
-    if not attacks:
-        raise ConfigError("an ensemble needs at least one attack")
-    tgt = resolve_targets(targets, n, model.num_classes)
-    if (tgt is not None) != threat.targeted:
-        threat = ThreatModel(threat.norm, threat.eps, targeted=tgt is not None)
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if model.device.type == "cpu":
         keep_freed_memory()
     folder = None if checkpoint is None else Path(checkpoint)
@@ -163,6 +153,31 @@ def evaluate(
     config["executor"] = runner.describe()
     config["batching"] = {**plan.to_dict(), "retries": retries}
     return Evaluation(records, x_adv, config, time.perf_counter() - start_all)
+
+
+def _checked(
+    model: Classifier,
+    x: np.ndarray | Tensor,
+    y: np.ndarray | Tensor,
+    attack: Attack | Sequence[Attack],
+    threat: ThreatModel,
+    targets: int | np.ndarray | Tensor | None,
+    batch_size: int | None,
+) -> tuple[Tensor, Tensor, list[Attack], np.ndarray | None, ThreatModel]:
+    """``evaluate``'s arguments checked: the inputs and labels as tensors, the attacks as a
+    list, the targets resolved, and the threat targeted exactly when there are targets."""
+    xt = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+    yt = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
+    check_batch(model, xt, yt, None, wording=EVALUATE_WORDING)
+    attacks = [attack] if isinstance(attack, Attack) else list(attack)
+    if not attacks:
+        raise ConfigError("an ensemble needs at least one attack")
+    tgt = resolve_targets(targets, xt.shape[0], model.num_classes)
+    if (tgt is not None) != threat.targeted:
+        threat = ThreatModel(threat.norm, threat.eps, targeted=tgt is not None)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    return xt, yt, attacks, tgt, threat
 
 
 def _run(
