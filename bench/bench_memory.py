@@ -115,9 +115,8 @@ def end_to_end(model_name: str, n: int) -> None:
         results = json.loads((out / "results.json").read_text())
         batching = results["config"]["batching"]
         print(f"batching: {json.dumps(batching)}")
-        print(
-            f"robust accuracy (vs. the model's own predictions): {results['metrics'].get('robust_accuracy')}"
-        )
+        robust = results["metrics"].get("robust_accuracy")
+        print(f"robust accuracy (vs. the model's own predictions): {robust}")
 
 
 def main() -> None:
