@@ -171,3 +171,30 @@ def test_jsma_pair_search_in_bounded_chunks_gives_the_same_pair(monkeypatch) -> 
     blocks = jsma.best_pair(alpha, beta, domain)
     for a, b in zip(whole, blocks, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_model_without_a_backward_keeps_the_default_batch(data) -> None:
+    """The probe differentiates the model; where that fails (an op with no backward), the
+    default batch is kept and a black-box attack still runs."""
+
+    class NoBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            raise RuntimeError("this op has no backward")
+
+    class Net(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = NoBackward.apply(x)
+            return torch.stack([z[:, 0, :3].mean((1, 2)), z[:, 0, :, :3].mean((1, 2)),
+                                z[:, 0, 2:6, 2:6].mean((1, 2))], 1)  # fmt: skip
+
+    x, y = data
+    model = Classifier(Net(), INFO)
+    plan = plan_batch(model, x, [create("square", queries=10)])
+    assert (plan.size, plan.chosen_by, plan.point_bytes) == (model.batch_size, "default", None)
+    run = evaluate(model, x[:8], y[:8], create("square", queries=10), ThreatModel("linf", 0.1))
+    assert run.config["batching"]["chosen_by"] == "default"

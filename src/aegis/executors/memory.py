@@ -175,7 +175,11 @@ def plan_batch(
     if resumed is not None:
         return BatchPlan(resumed, "resumed", default)
     rows = max([int(a.memory_rows(model.num_classes, targeted)) for a in attacks] or [1])
-    per_point = point_bytes(model, x) if x.shape[0] else None
+    try:
+        per_point = point_bytes(model, x) if x.shape[0] else None
+    except Exception as exc:  # e.g. a backward the model lacks: a black-box attack still runs
+        log.debug("memory probe failed (%s); the default batch size is kept", exc)
+        per_point = None
     free = free_bytes(model.device)
     if per_point is None or free is None or per_point == 0:
         return BatchPlan(default, "default", default, per_point, rows, free, share)
