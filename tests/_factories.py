@@ -1,9 +1,12 @@
-"""Tiny architectures that tests/test_models_io.py loads by factory name ("_factories:make_cnn")."""
+"""Tiny architectures that tests load by factory name ("_factories:make_cnn"), and shared test
+model helpers (random Keras weights)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -53,7 +56,6 @@ def attack_argv(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
 def hardmax_onnx(path: Path, seed: int = 0) -> None:
     """A query-only ONNX graph (Hardmax has no differentiable converter): a flat input of 16
     values (1×4×4) → MatMul → scores + Hardmax(scores), 4 classes; weights drawn from ``seed``."""
-    import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -92,3 +94,16 @@ class NoisyMLP(nn.Module):
 def make_noisy() -> NoisyMLP:
     torch.manual_seed(0)
     return NoisyMLP()
+
+
+def randomize_keras(model: Any, seed: int) -> Any:
+    """Seeded random weights for a Keras model (BatchNorm variances kept positive)."""
+    rng = np.random.default_rng(seed)
+    weights = [rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()]
+    model.set_weights(
+        [
+            np.abs(w) + 0.5 if "variance" in v.path else w
+            for w, v in zip(weights, model.weights, strict=True)
+        ]
+    )
+    return model

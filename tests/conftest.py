@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +147,14 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory, tiny_net: nn.Module, da
     np.save(d / "x.npy", x.numpy())
     np.save(d / "y.npy", y.numpy())
     return {"model": d / "tiny.pt", "x": d / "x.npy", "y": d / "y.npy"}
+
+
+@pytest.fixture(scope="module")
+def keras() -> Any:
+    """Keras 3 on the torch backend (skipped where keras is missing or on another backend)."""
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "torch"
+    mod = pytest.importorskip("keras")
+    if mod.backend.backend() != "torch":
+        pytest.skip("keras was imported with another backend")
+    return mod

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import sys
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _factories import randomize_keras
 from torch import nn
 
 from aegis.errors import AegisWarning, ModelError, UnsafeFileError
@@ -37,32 +36,10 @@ _INIT = {
 }
 
 
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    if "keras" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = "torch"
-    mod = pytest.importorskip("keras")
-    if mod.backend.backend() != "torch":
-        pytest.skip("keras was imported with another backend")
-    return mod
-
-
-def _randomize(model: Any, seed: int) -> Any:
-    rng = np.random.default_rng(seed)
-    weights = [rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()]
-    model.set_weights(
-        [
-            np.abs(w) + 0.5 if "variance" in v.path else w
-            for w, v in zip(weights, model.weights, strict=True)
-        ]
-    )
-    return model
-
-
 def _cnn(keras: Any) -> Any:
     """Conv2D, MaxPooling2D, Flatten, Dropout, Dense with a softmax: the Keras 2 tutorial CNN."""
     layers = keras.layers
-    return _randomize(
+    return randomize_keras(
         keras.Sequential(
             [
                 keras.Input((12, 12, 1)),
@@ -87,7 +64,7 @@ def _functional(keras: Any) -> Any:
     x = layers.ReLU(name="re_lu_1")(x)
     x = layers.GlobalAveragePooling2D(name="global_average_pooling2d_1")(x)
     out = layers.Dense(5, name="dense_1")(x)
-    return _randomize(keras.Model(inp, out, name="model_1"), 1)
+    return randomize_keras(keras.Model(inp, out, name="model_1"), 1)
 
 
 # -- writing files the way Keras 2 did --------------------------------------------------------

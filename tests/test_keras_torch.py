@@ -4,16 +4,14 @@ layer does not convert or the conversion disagrees."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
+from _factories import randomize_keras
 
 import aegis.io.keras_format as keras_format
 from aegis.errors import AegisWarning
@@ -25,32 +23,10 @@ from aegis.model import Classifier
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    if "keras" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = "torch"
-    mod = pytest.importorskip("keras")
-    if mod.backend.backend() != "torch":
-        pytest.skip("keras was imported with another backend")
-    return mod
-
-
-def _randomize(model: Any, seed: int) -> Any:
-    rng = np.random.default_rng(seed)
-    weights = [rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()]
-    model.set_weights(
-        [
-            np.abs(w) + 0.5 if "variance" in v.path else w
-            for w, v in zip(weights, model.weights, strict=True)
-        ]
-    )
-    return model
-
-
 def _cnn(keras: Any, final: str | None = None) -> Any:
     """Conv (same padding, strides), pooling, BatchNormalization, Dropout, Flatten, Dense."""
     layers = keras.layers
-    return _randomize(
+    return randomize_keras(
         keras.Sequential(
             [
                 keras.Input((11, 11, 3)),
@@ -88,7 +64,7 @@ def _functional(keras: Any) -> Any:
     x = layers.Reshape((3, -1))(layers.Flatten()(x))
     x = layers.Flatten()(x)
     out = layers.Dense(4)(layers.Concatenate()([x, g]))
-    return _randomize(keras.Model(inp, out), 1)
+    return randomize_keras(keras.Model(inp, out), 1)
 
 
 def _load(path: Path, **kwargs: Any) -> Classifier:
@@ -161,7 +137,7 @@ def test_logits_are_recovered_before_the_conversion(tmp_path: Path, keras: Any, 
 
 def test_an_unsupported_layer_keeps_the_keras_call(tmp_path: Path, keras: Any) -> None:
     layers = keras.layers
-    model = _randomize(
+    model = randomize_keras(
         keras.Sequential(
             [
                 keras.Input((6, 6, 1)),

@@ -9,9 +9,7 @@ shows why: its input gradients are exactly zero where the recovered logits' are 
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -356,16 +354,6 @@ def test_query_only_onnx_softmax_keeps_its_probabilities(tmp_path: Path) -> None
 
 
 # -- Keras ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    if "keras" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = "torch"
-    mod = pytest.importorskip("keras")
-    if mod.backend.backend() != "torch":
-        pytest.skip("keras was imported with another backend")
-    return mod
-
-
 def _keras_net(keras: Any, head: str) -> Any:
     """Flatten → Dense(8, relu) → Dense(3) on 6×6×1 inputs, with the softmax as ``head``."""
     layers = keras.layers
