@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +37,7 @@ import keras
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _timing import timed
 from torch import Tensor, nn
 
 from aegis.engine import evaluate
@@ -49,19 +48,6 @@ from aegis.registry import create
 from aegis.threat import ThreatModel
 
 STEPS, EPS = 10, 0.3
-
-
-def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each function, timed in turns so that drifts hit all alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
-        fn()
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def keras_cnn() -> Any:

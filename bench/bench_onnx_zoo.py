@@ -17,10 +17,8 @@ times are measured on the same graphs with seeded random weights and without the
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from _timing import timed
 
 from aegis.io.models import load_classifier
 
@@ -40,19 +39,6 @@ from test_onnx_zoo import (
     relative_error,
     with_random_weights,
 )
-
-
-def timed_round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each function, timed in turns so that drifts hit all alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
-        fn()
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def measure(name: str, repeats: int, folder: Path) -> tuple[bool, float, dict[str, float]]:
@@ -83,7 +69,7 @@ def measure(name: str, repeats: int, folder: Path) -> tuple[bool, float, dict[st
     }
     if clf.differentiable:
         fns["aegis fwd+bwd"] = fwd_bwd
-    return white_box, error, timed_round_robin(fns, repeats)
+    return white_box, error, timed(fns, repeats)
 
 
 def main() -> None:

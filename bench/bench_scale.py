@@ -16,12 +16,11 @@ and seconds per image. torchattacks installs with ``pip install --no-deps torcha
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import timed
 
 from aegis.model import Classifier, ModelInfo
 from aegis.registry import create
@@ -30,19 +29,6 @@ from aegis.zoo.architectures import ARCHITECTURES
 
 STEPS, EPS = 10, 8 / 255
 ALPHA = 2.5 * EPS / STEPS
-
-
-def timed(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
-    """Median wall time of each function, timed in turns so that drifts hit all alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
-        fn()
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench(name: str, n: int, repeats: int) -> None:
