@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from aegis.io.data import load_dataset
 from aegis.model import Classifier, ModelInfo
 
 # The test models are tiny: one thread avoids thread start-up and contention costs that
@@ -158,3 +159,19 @@ def keras() -> Any:
     if mod.backend.backend() != "torch":
         pytest.skip("keras was imported with another backend")
     return mod
+
+
+@pytest.fixture(scope="module")
+def digits_net() -> nn.Module:
+    """A 10-class MLP on the built-in digits, trained in well under a second (one per test
+    module, so no module sees another's changes)."""
+    torch.manual_seed(0)
+    ds = load_dataset("digits", split="train")
+    x, y = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    for _ in range(80):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval()

@@ -24,7 +24,6 @@ from torch import nn
 
 from aegis.api import run_attack
 from aegis.io import rundir
-from aegis.io.data import load_dataset
 from aegis.model import Classifier, ModelInfo
 from aegis.records import Records
 from aegis.report.gallery import build_gallery, png_bytes, shown_indices
@@ -35,24 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # -- tiny real runs on the built-in digits ---------------------------------------------------
-
-
-def _digits_net() -> nn.Module:
-    torch.manual_seed(0)
-    ds = load_dataset("digits", split="train")
-    x, y = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=0.02)
-    for _ in range(80):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def digits_net() -> nn.Module:
-    return _digits_net()
 
 
 def _clf(net: nn.Module, name: str = "digits-mlp") -> Classifier:

@@ -16,23 +16,7 @@ from torch import nn
 
 from aegis.api import WorkflowResult
 from aegis.io import rundir
-from aegis.io.data import load_dataset
 from aegis.model import Classifier, ModelInfo
-
-
-@pytest.fixture(scope="module")
-def digits_net() -> nn.Module:
-    """A 10-class MLP on the built-in digits, trained in well under a second."""
-    torch.manual_seed(0)
-    ds = load_dataset("digits", split="train")
-    x, y = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=0.02)
-    for _ in range(80):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    return net.eval()
 
 
 @pytest.fixture()
