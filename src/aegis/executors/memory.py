@@ -53,6 +53,9 @@ _CGROUP_FILES = (
     ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
 )
 
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "failed to allocate")
+"""How the allocators word it in a ``RuntimeError`` (CUDA and MPS; the CPU's, glibc's)."""
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 
@@ -208,15 +211,10 @@ def plan_batch(
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocator running out of memory (CUDA, MPS or the CPU's)."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        isinstance(exc, MemoryError)
-        or "out of memory" in text
-        or "can't allocate memory" in text
-        or "failed to allocate" in text
-    )
+    return isinstance(exc, RuntimeError) and any(words in text for words in _OUT_OF_MEMORY)
 
 
 def release_memory(device: torch.device) -> None:
